@@ -1,0 +1,1 @@
+"""One module per ``dit-repro`` subcommand; each exposes ``register(subparsers)``."""

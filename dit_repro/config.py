@@ -1,0 +1,248 @@
+"""Typed configuration: the model, the optimization switches and the training run.
+
+Every field carries a docstring (the string literal under it). Cross-field rules live in
+``__post_init__`` so that an impossible combination is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the reason and what would be accepted."""
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of the training step (master weights always stay fp32)."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Checkpointing(str, enum.Enum):
+    """Activation (gradient) checkpointing around transformer blocks."""
+
+    NONE = "none"
+    FULL = "full"
+    EVERY_K = "every-k"
+
+
+class CompileMode(str, enum.Enum):
+    """``torch.compile`` mode, or ``off`` for eager execution."""
+
+    OFF = "off"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+    MAX_AUTOTUNE = "max-autotune"
+
+
+class CompileScope(str, enum.Enum):
+    """What ``torch.compile`` wraps: the whole model or each block separately."""
+
+    MODEL = "model"
+    BLOCKS = "blocks"
+
+
+class Features(str, enum.Enum):
+    """Where the diffusion input comes from."""
+
+    PIXELS = "pixels"
+    LIVE = "live"
+    CACHED = "cached"
+
+
+class Distributed(str, enum.Enum):
+    """Data parallelism."""
+
+    NONE = "none"
+    DDP = "ddp"
+
+
+class Protocol(str, enum.Enum):
+    """Training recipe (optimizer, learning rate, betas, weight decay, warm-up)."""
+
+    DIT = "dit"
+    UVIT = "uvit"
+
+
+ATTENTION_CHOICES = ("auto", "math", "sdpa", "flash", "efficient", "cudnn", "xformers")
+
+
+@dataclass(frozen=True)
+class ProtocolRecipe:
+    """The optimizer settings of one paper's training recipe."""
+
+    lr: float
+    """Peak learning rate of AdamW."""
+    weight_decay: float
+    """Decoupled weight decay of AdamW."""
+    betas: tuple[float, float]
+    """AdamW (beta1, beta2)."""
+    warmup_steps: int
+    """Linear warm-up length in optimizer steps (0 = constant learning rate)."""
+    global_batch_size: int
+    """The batch size the recipe was published with."""
+
+
+PROTOCOLS: dict[Protocol, ProtocolRecipe] = {
+    # DiT (Peebles & Xie): AdamW 1e-4, no weight decay, no warm-up, batch 256.
+    Protocol.DIT: ProtocolRecipe(1e-4, 0.0, (0.9, 0.999), 0, 256),
+    # U-ViT (Bao et al.) ImageNet-256 latent recipe.
+    Protocol.UVIT: ProtocolRecipe(2e-4, 0.03, (0.99, 0.99), 5000, 1024),
+}
+
+
+@dataclass
+class Switches:
+    """The optimizations the paper studies, one field each.
+
+    They are applied in one fixed order: precision, checkpointing, compile, DDP.
+    """
+
+    attention: str = "auto"
+    """Attention backend: auto (check-then-select), math, sdpa, flash, efficient, cudnn, xformers."""
+    precision: Precision = Precision.FP32
+    """fp32, tf32 (matmul precision flags), fp16 (autocast + grad scaler) or bf16 (autocast)."""
+    checkpointing: Checkpointing = Checkpointing.NONE
+    """Non-reentrant activation checkpointing: none, every block (full), or every k-th block."""
+    checkpoint_every: int = 2
+    """k for ``checkpointing=every-k``: blocks 0, k, 2k, ... are checkpointed."""
+    compile: CompileMode = CompileMode.OFF
+    """torch.compile mode, or off."""
+    compile_scope: CompileScope = CompileScope.MODEL
+    """Compile the whole model or each transformer block."""
+    features: Features = Features.PIXELS
+    """pixels (no VAE), live (VAE encode every step) or cached (latent cache)."""
+    distributed: Distributed = Distributed.NONE
+    """none, or ddp (launched by torchrun / accelerate launch)."""
+    protocol: Protocol = Protocol.DIT
+    """Training recipe: dit or uvit; any model can run under either."""
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("precision", Precision),
+            ("checkpointing", Checkpointing),
+            ("compile", CompileMode),
+            ("compile_scope", CompileScope),
+            ("features", Features),
+            ("distributed", Distributed),
+            ("protocol", Protocol),
+        ):
+            setattr(self, name, _coerce_enum(kind, getattr(self, name), name))
+        if self.attention not in ATTENTION_CHOICES:
+            raise ConfigError(
+                f"unknown attention backend {self.attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}"
+            )
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready view (enum members become their string values)."""
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model, data, switches and bookkeeping."""
+
+    model: str = "DiT-S/2"
+    """Model preset, e.g. DiT-XL/2 or U-ViT-H/2 (``dit-repro info --list`` lists them)."""
+    data: str = "digits"
+    """Dataset: ``digits`` (shipped with scikit-learn), ``synthetic``, or an ImageFolder path."""
+    image_size: int = 16
+    """Side length in pixels of the images fed to the VAE or, with features=pixels, to the model."""
+    num_classes: int | None = None
+    """Number of class labels; None takes it from the dataset."""
+    cache_dir: str | None = None
+    """Latent cache made by ``dit-repro extract`` (required with features=cached)."""
+    vae: str | None = None
+    """VAE weights: a local folder or file of the SD ft-EMA/ft-MSE VAE, or ``tiny-random`` (tests only)."""
+    global_batch_size: int = 32
+    """Images per optimizer step summed over all processes."""
+    steps: int = 200
+    """Number of optimizer steps to run (counted from the start, resumed runs included)."""
+    lr: float | None = None
+    """Learning-rate override; None takes the protocol's."""
+    warmup_steps: int | None = None
+    """Warm-up override; None takes the protocol's."""
+    ema_decay: float = 0.9999
+    """Decay of the exponential moving average of the weights."""
+    seed: int = 0
+    """Global seed; each process seeds every generator with seed + rank."""
+    device: str = "auto"
+    """``auto`` (cuda if present, else cpu), ``cpu`` or ``cuda``/``cuda:N``."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    out_dir: str | None = None
+    """Run directory for config.json, env.json, metrics.jsonl and checkpoints; None writes nothing."""
+    log_every: int = 10
+    """Steps between metrics.jsonl records."""
+    checkpoint_every_steps: int = 0
+    """Steps between checkpoints (0: only at the end, when out_dir is set)."""
+    resume: str | None = None
+    """Checkpoint file to resume from."""
+    switches: Switches = field(default_factory=Switches)
+    """The optimization switches."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.switches, dict):
+            self.switches = Switches(**self.switches)
+        if self.global_batch_size < 1:
+            raise ConfigError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
+        if self.steps < 0:
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.switches.features is Features.CACHED and not self.cache_dir:
+            raise ConfigError("features=cached needs a latent cache: pass cache_dir (made by `dit-repro extract`)")
+        if self.switches.features is Features.LIVE and not self.vae:
+            raise ConfigError("features=live needs a VAE: pass vae (a local weights path, or tiny-random for tests)")
+
+    @property
+    def recipe(self) -> ProtocolRecipe:
+        """The protocol's recipe with this run's overrides applied."""
+        base = PROTOCOLS[self.switches.protocol]
+        return dataclasses.replace(
+            base,
+            lr=self.lr if self.lr is not None else base.lr,
+            warmup_steps=self.warmup_steps if self.warmup_steps is not None else base.warmup_steps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready view of the resolved configuration."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+def _coerce_enum(kind: type[enum.Enum], value: Any, name: str) -> enum.Enum:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {choices}") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

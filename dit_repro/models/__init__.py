@@ -1,0 +1,96 @@
+"""Model presets: DiT-{S,B,L,XL}/{2,4,8} and U-ViT-{S,M,L,H}/{2,4}, built by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .attention import AUTO, Attention, set_attention_backend
+from .dit import DIT_PATCHES, DIT_SIZES, DiT
+from .uvit import UVIT_PATCHES, UVIT_SIZES, UViT
+
+__all__ = ["PRESETS", "Preset", "build_model", "parse_preset", "Attention", "set_attention_backend"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The architecture of one named model."""
+
+    name: str
+    """The preset name, e.g. DiT-XL/2."""
+    family: str
+    """``dit`` or ``uvit``."""
+    depth: int
+    """DiT: number of blocks. U-ViT: in-blocks plus out-blocks (one mid-block comes on top)."""
+    hidden_size: int
+    """Token width."""
+    num_heads: int
+    """Attention heads."""
+    patch_size: int
+    """Side of a square patch in input pixels/latent cells."""
+
+    @property
+    def builder(self) -> Callable[..., nn.Module]:
+        """The model class."""
+        return DiT if self.family == "dit" else UViT
+
+
+PRESETS: dict[str, Preset] = {
+    **{
+        f"DiT-{size}/{patch}": Preset(f"DiT-{size}/{patch}", "dit", depth, hidden, heads, patch)
+        for size, (depth, hidden, heads) in DIT_SIZES.items()
+        for patch in DIT_PATCHES
+    },
+    **{
+        f"U-ViT-{size}/{patch}": Preset(f"U-ViT-{size}/{patch}", "uvit", depth, hidden, heads, patch)
+        for size, (hidden, depth, heads) in UVIT_SIZES.items()
+        for patch in UVIT_PATCHES
+    },
+}
+
+
+def parse_preset(name: str) -> Preset:
+    """The preset called ``name``, or an error listing every valid name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+def build_model(
+    name: str,
+    *,
+    input_size: int,
+    in_channels: int,
+    num_classes: int,
+    learn_sigma: bool | None = None,
+    attention: str = AUTO,
+    class_dropout_prob: float = 0.1,
+) -> nn.Module:
+    """Build a preset for a square input of ``input_size`` (latent cells, or pixels in pixel space).
+
+    ``learn_sigma`` None keeps each family's published choice: DiT learns the variance, U-ViT not.
+    """
+    preset = parse_preset(name)
+    if input_size % preset.patch_size:
+        allowed = ", ".join(str(preset.patch_size * k) for k in range(1, 9))
+        raise ValueError(
+            f"{name} cannot tile an input of {input_size}x{input_size} with {preset.patch_size}x{preset.patch_size} "
+            f"patches; use a multiple of {preset.patch_size} (e.g. {allowed}, ...)"
+        )
+    common = dict(
+        input_size=input_size,
+        patch_size=preset.patch_size,
+        in_channels=in_channels,
+        depth=preset.depth,
+        num_heads=preset.num_heads,
+        num_classes=num_classes,
+        class_dropout_prob=class_dropout_prob,
+        attention=attention,
+        preset_name=name,
+    )
+    if preset.family == "dit":
+        return DiT(hidden_size=preset.hidden_size, learn_sigma=True if learn_sigma is None else learn_sigma, **common)
+    return UViT(embed_dim=preset.hidden_size, learn_sigma=bool(learn_sigma), **common)

@@ -1,0 +1,28 @@
+"""Shared test set-up: offline hubs, a fixed thread count, and the CUDA skip."""
+
+from __future__ import annotations
+
+import os
+
+# Without this a hub lookup retries for most of a minute before failing: tests never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device; none is visible (torch.cuda.is_available() is False)"
+)
+"""Skip marker for tests that exercise GPU-only paths; combine with ``pytest.mark.gpu``."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test marked ``gpu`` is skipped, with the reason, when no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(requires_cuda)
