@@ -135,8 +135,10 @@ def unavailable_reason(name: str, device: str, dtype: torch.dtype, head_dim: int
     if reason is not None:
         return reason
     try:
-        probe = torch.randn(1, 1, 8, head_dim, device=dev, dtype=dtype, requires_grad=True)
-        spec.run(probe, probe, probe).sum().backward()
+        # The probe must not inherit the caller's grad mode or autocast state.
+        with torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+            probe = torch.randn(1, 1, 8, head_dim, device=dev, dtype=dtype, requires_grad=True)
+            spec.run(probe, probe, probe).sum().backward()
     except Exception as exc:  # the kernel's own refusal is the reason we report
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"the kernel refused {dtype} head_dim={head_dim} on {dev.type}: {first_line}"

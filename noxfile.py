@@ -1,0 +1,76 @@
+"""Sessions: tests, equivalence, lint, gpu_bench (the main job), verify.
+
+Every session shares one environment (``.venv`` beside this file, or $DIT_REPRO_VENV): torch
+with torchvision is several GB and is installed once, not per session. The environment is made
+with --system-site-packages, so a GPU runner's own CUDA torch is seen and kept; only where no
+torch is importable is the pinned CPU pair from constraints/cpu.txt installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("DIT_REPRO_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if sys.platform == "win32" else "bin")
+PYTHON = str(BIN / "python")
+STAMP = VENV / ".dit-repro-installed"
+
+nox.options.sessions = ["tests"]
+nox.options.error_on_external_run = False
+
+
+def _install_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints/cpu.txt"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def project_env(session: nox.Session) -> str:
+    """Create or reuse the shared environment and install the project into it; returns its python."""
+    if not (BIN / "python").exists():
+        session.log(f"creating the shared environment {VENV}")
+        session.run(sys.executable, "-m", "venv", "--system-site-packages", str(VENV), external=True)
+    fingerprint = _install_fingerprint()
+    if STAMP.exists() and STAMP.read_text() == fingerprint:
+        session.log(f"reusing {VENV} (installed for this pyproject.toml)")
+        return PYTHON
+    session.run(PYTHON, "-m", "pip", "install", "--upgrade", "pip", external=True, silent=True)
+    has_torch = subprocess.run([PYTHON, "-c", "import torch, torchvision"], capture_output=True).returncode == 0
+    if has_torch:
+        session.log("keeping the torch/torchvision already installed")
+        session.run(PYTHON, "-m", "pip", "install", "-e", ".[dev]", external=True)
+    else:
+        session.log("no torch found: installing the pinned CPU pair from constraints/cpu.txt")
+        session.run(PYTHON, "-m", "pip", "install", "-c", "constraints/cpu.txt", "torch", "torchvision", external=True)
+        session.run(PYTHON, "-m", "pip", "install", "-c", "constraints/cpu.txt", "-e", ".[dev]", external=True)
+    STAMP.write_text(fingerprint)
+    return PYTHON
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """Everything that runs on this machine (gpu-marked tests skip themselves without CUDA)."""
+    python = project_env(session)
+    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), external=True)
+
+
+@nox.session(python=False)
+def equivalence(session: nox.Session) -> None:
+    """Only the tests that prove each switch keeps the maths."""
+    python = project_env(session)
+    session.run(python, "-m", "pytest", "-m", "equivalence", *(session.posargs or ["-q"]), external=True)
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests and benchmarks."""
+    python = project_env(session)
+    session.run(python, "-m", "ruff", "check", "dit_repro", "tests", "benchmarks", "noxfile.py", external=True)
