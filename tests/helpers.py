@@ -57,5 +57,5 @@ def perturb_(model: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+                p.add_(torch.randn(p.shape, generator=gen).to(p) * std)  # drawn on the CPU: same noise on any device
     return model

@@ -1,0 +1,126 @@
+"""``dit-repro train``: a training run with every optimization switch as a flag."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..checkpoint import CheckpointError
+from ..config import (
+    ATTENTION_CHOICES,
+    Checkpointing,
+    CompileMode,
+    CompileScope,
+    ConfigError,
+    Distributed,
+    Features,
+    Precision,
+    Protocol,
+    Switches,
+    TrainConfig,
+)
+from ..distributed import shutdown
+from ..models.attention import AttentionBackendUnavailable
+
+
+def _values(kind) -> list[str]:
+    return [member.value for member in kind]
+
+
+def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The optimization switches as flags (shared with commands that build a training step)."""
+    group = parser.add_argument_group("optimization switches (applied in order: precision, checkpointing, compile, DDP)")
+    group.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
+                       help="attention backend; auto = check-then-select (default)")
+    group.add_argument("--precision", default="fp32", choices=_values(Precision),
+                       help="fp32 (TF32 off), tf32, fp16 (autocast + grad scaler) or bf16 (autocast); default fp32")
+    group.add_argument("--checkpointing", default="none", choices=_values(Checkpointing),
+                       help="activation checkpointing: none, full (every block) or every-k; default none")
+    group.add_argument("--checkpoint-every", type=int, default=2, help="k for --checkpointing every-k; default 2")
+    group.add_argument("--compile", default="off", choices=_values(CompileMode), help="torch.compile mode; default off")
+    group.add_argument("--compile-scope", default="model", choices=_values(CompileScope),
+                       help="compile the whole model or each block; default model")
+    group.add_argument("--features", default="pixels", choices=_values(Features),
+                       help="pixels (no VAE), live (VAE every step) or cached (latent cache); default pixels")
+    group.add_argument("--distributed", default="none", choices=_values(Distributed),
+                       help="ddp when launched by torchrun / accelerate launch; default none")
+    group.add_argument("--protocol", default="dit", choices=_values(Protocol),
+                       help="training recipe: dit (AdamW 1e-4) or uvit (AdamW 2e-4, wd 0.03, betas .99/.99, warm-up 5000)")
+
+
+def switches_from_args(args: argparse.Namespace) -> Switches:
+    """Switches from the parsed flags of :func:`add_switch_arguments`."""
+    return Switches(
+        attention=args.attention,
+        precision=args.precision,
+        checkpointing=args.checkpointing,
+        checkpoint_every=args.checkpoint_every,
+        compile=args.compile,
+        compile_scope=args.compile_scope,
+        features=args.features,
+        distributed=args.distributed,
+        protocol=args.protocol,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a DiT/U-ViT with the chosen switches",
+        description="Train a model. The run directory (--out) receives config.json, env.json, metrics.jsonl "
+        "(step, loss, lr, step time, grad-scaler skips) and checkpoints/. For several processes launch with "
+        "`torchrun --standalone --nproc_per_node=N -m dit_repro.cli train --distributed ddp ...`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="DiT-S/2", help="model preset (dit-repro info --list)")
+    parser.add_argument("--data", default="digits", help="digits, synthetic, or an ImageFolder directory")
+    parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--num-classes", type=int, default=None, help="class count (default: the dataset's)")
+    parser.add_argument("--cache", dest="cache_dir", default=None, help="latent cache from `dit-repro extract`")
+    parser.add_argument("--vae", default=None, help="VAE weights folder/file, or tiny-random (tests only)")
+    parser.add_argument("--batch-size", dest="global_batch_size", type=int, default=32, help="global batch size")
+    parser.add_argument("--steps", type=int, default=200, help="total optimizer steps")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the protocol's)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps (default: the protocol's)")
+    parser.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay")
+    parser.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--out", dest="out_dir", default=None, help="run directory")
+    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
+    parser.add_argument("--checkpoint-every-steps", type=int, default=0, help="steps between checkpoints (0: only last)")
+    parser.add_argument("--resume", default=None, help="checkpoint to resume from")
+    add_switch_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config, train, and report; configuration errors exit 2 before any step runs."""
+    from ..train import NonFiniteLossError, Trainer  # heavy imports only when training
+
+    try:
+        cfg = TrainConfig(
+            model=args.model, data=args.data, image_size=args.image_size, num_classes=args.num_classes,
+            cache_dir=args.cache_dir, vae=args.vae, global_batch_size=args.global_batch_size, steps=args.steps,
+            lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, seed=args.seed,
+            device=args.device, num_workers=args.num_workers, out_dir=args.out_dir, log_every=args.log_every,
+            checkpoint_every_steps=args.checkpoint_every_steps, resume=args.resume,
+            switches=switches_from_args(args),
+        )
+        trainer = Trainer(cfg)
+    except (ConfigError, ValueError, AttentionBackendUnavailable, CheckpointError, FileNotFoundError) as exc:
+        print(f"dit-repro train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        history = trainer.fit()
+    except NonFiniteLossError as exc:
+        print(f"dit-repro train: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    if history and trainer.process.rank == 0:
+        first, last = history[0], history[-1]
+        print(f"trained {cfg.model} to step {trainer.step}: loss {first.loss:.4f} -> {last.loss:.4f}"
+              + (f"; run directory {cfg.out_dir}" if cfg.out_dir else ""))
+    return 0
