@@ -10,6 +10,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI explores the same examples every run (a red CI then means a change, not a new draw);
+# locally hypothesis keeps drawing new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

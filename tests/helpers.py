@@ -12,15 +12,16 @@ from torch import nn
 # (plus one ulp) while its output error stayed under 1.5x.
 OUTPUT_ERROR_MULTIPLE = 2.0
 GRADIENT_ERROR_MULTIPLE = 3.0
-# The floor: a few units of rounding at the data's scale. Inputs are standard normal, so the
-# scale is at least 1; where the exact result is 0 (e.g. dq with one token) a fused kernel still
-# leaves rounding residue of the O(1) terms that cancel, which this floor admits.
+# The floor: a few units of rounding at the data's scale, the largest magnitude of the reference
+# or, where given, the scale of the inputs. Where an exact result is 0 (e.g. dq with one token)
+# a fused kernel still leaves rounding residue of the O(1) terms that cancel: the input scale
+# admits that residue.
 FLOOR_ULPS = 4
 
 
-def rounding_floor(reference: torch.Tensor, dtype: torch.dtype) -> float:
-    """FLOOR_ULPS units of rounding of ``dtype`` at max(1, the largest magnitude of ``reference``)."""
-    return FLOOR_ULPS * torch.finfo(dtype).eps * max(reference.abs().max().item(), 1.0)
+def rounding_floor(reference: torch.Tensor, dtype: torch.dtype, input_scale: float = 0.0) -> float:
+    """FLOOR_ULPS units of rounding of ``dtype`` at max(input_scale, the largest magnitude of ``reference``)."""
+    return FLOOR_ULPS * torch.finfo(dtype).eps * max(reference.abs().max().item(), input_scale)
 
 
 def assert_close_to_reference(
@@ -30,6 +31,7 @@ def assert_close_to_reference(
     reference: torch.Tensor,
     dtype: torch.dtype,
     multiple: float = OUTPUT_ERROR_MULTIPLE,
+    input_scale: float = 0.0,
 ) -> None:
     """Judge ``candidate`` (a switch's result) against the float64 ``reference``.
 
@@ -39,7 +41,7 @@ def assert_close_to_reference(
     ref = reference.double()
     err = (candidate.double() - ref).abs()
     plain_err = (plain.double() - ref).abs()
-    bound = multiple * plain_err.max().item() + rounding_floor(ref, dtype)
+    bound = multiple * plain_err.max().item() + rounding_floor(ref, dtype, input_scale)
     print(
         f"{name}: max err {err.max().item():.3e} mean {err.mean().item():.3e} | plain max {plain_err.max().item():.3e} "
         f"mean {plain_err.mean().item():.3e} | bound {bound:.3e}"

@@ -47,9 +47,16 @@ def check_backend(backend: Backend, shape: tuple[int, int, int, int], dtype: tor
     out_pt, grads_pt = run(math_attention, base)
     out, grads = run(lambda q, k, v: attention(q, k, v, backend), base)
     tag = f"{backend.value} {dtype} {tuple(shape)}"
-    assert_close_to_reference(f"{tag} out", out, out_pt, out_ref, dtype)
+    # Rounding floors at the scale of the terms each result is made of: the values for the output;
+    # for the gradients, dO * v * k products, which cancel exactly in the softmax backward when a
+    # row has one token (the exact dq is then 0 and only that residue is left).
+    value_scale = max(t.abs().max().item() for t in base)
+    grad_scale = grad_out.abs().max().item() * value_scale**2
+    assert_close_to_reference(f"{tag} out", out, out_pt, out_ref, dtype, input_scale=value_scale)
     for name, g, g_pt, g_ref in zip("qkv", grads, grads_pt, grads_ref):
-        assert_close_to_reference(f"{tag} d{name}", g, g_pt, g_ref, dtype, GRADIENT_ERROR_MULTIPLE)
+        assert_close_to_reference(
+            f"{tag} d{name}", g, g_pt, g_ref, dtype, GRADIENT_ERROR_MULTIPLE, input_scale=grad_scale
+        )
 
 
 @pytest.mark.equivalence
