@@ -232,7 +232,7 @@ def test_run_directory_holds_config_env_metrics_and_checkpoint(tmp_path) -> None
     assert [line["step"] for line in lines] == [2, 4]
     assert set(lines[0]) >= {"step", "loss", "lr", "step_time_s", "grad_scaler_skips"}
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob(".tmp-*"))
 
 
 def test_nan_loss_stops_training_naming_step_and_switches() -> None:
