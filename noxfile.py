@@ -74,3 +74,27 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, tests and benchmarks."""
     python = project_env(session)
     session.run(python, "-m", "ruff", "check", "dit_repro", "tests", "benchmarks", "noxfile.py", external=True)
+
+
+@nox.session(python=False)
+def gpu_bench(session: nox.Session) -> None:
+    """The main job: the Table 4 matrix (paper scale on a GPU, smoke scale on a CPU), then the gate.
+
+    Arguments after ``--`` go to ``dit-repro bench`` (e.g. ``-- --steps 20`` for fewer timed steps).
+    The session's exit code is the gate's: 0 pass, 1 regression, 2 usage or data error.
+    """
+    python = project_env(session)
+    results = "bench-out/results.json"
+    session.run(python, "-m", "dit_repro.cli", "bench", "--matrix", "table4", "--out", results, *session.posargs,
+                external=True)
+    session.run(python, "-m", "dit_repro.cli", "gate", results, "--baselines", "baselines", external=True)
+
+
+@nox.session(python=False)
+def verify(session: nox.Session) -> None:
+    """Every claim of the paper with a verdict: verify-out/report.md, report.json and plots.
+
+    Arguments after ``--`` go to ``dit-repro verify`` (e.g. ``-- --results bench-out/results.json``).
+    """
+    python = project_env(session)
+    session.run(python, "-m", "dit_repro.cli", "verify", "--out", "verify-out", *session.posargs, external=True)
