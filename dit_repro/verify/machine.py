@@ -1,0 +1,68 @@
+"""Machine-independent facts of the models as defined: parameters, multiply-adds, FLOPs, latent shape.
+
+Nothing here allocates a model's weights: parameter counts build on the meta device, FLOPs are
+counted by ``FlopCounterMode`` over fake tensors (shapes only), so DiT-XL/2 costs seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from diffusers import AutoencoderKL
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from dit_repro.commands.info import LATENT_CHANNELS, model_info
+from dit_repro.commands.info import VAE_DOWNSAMPLE as LATENT_DOWNSAMPLE
+from dit_repro.data.vae import SD_VAE_CONFIG_DIR
+from dit_repro.diffusion import create_diffusion
+from dit_repro.flops import forward_macs
+from dit_repro.models import build_model
+from dit_repro.models.attention import Attention, Backend, Selection
+
+PAPER_IMAGE_SIZE = 256
+"""Both papers train at 256x256 pixels (32x32 latents)."""
+
+
+@functools.cache
+def param_count(model: str, image_size: int = PAPER_IMAGE_SIZE, num_classes: int = 1000) -> int:
+    """Parameters of a preset as defined (ImageNet's 1000 classes, latents of a 256 px image)."""
+    return int(model_info(model, image_size, num_classes)["params"])
+
+
+def forward_gmacs(model: str, image_size: int = PAPER_IMAGE_SIZE) -> float:
+    """Analytic multiply-adds of one forward pass per image, in units of 1e9."""
+    return forward_macs(model, image_size // LATENT_DOWNSAMPLE, LATENT_CHANNELS).total / 1e9
+
+
+@functools.cache
+def training_step_flops(model: str, checkpointing: bool, image_size: int = PAPER_IMAGE_SIZE) -> int:
+    """FLOPs of one forward+backward of the training loss for one image, counted by FlopCounterMode.
+
+    With ``checkpointing`` every block is recomputed in the backward pass, so the count includes
+    that recompute (which model FLOPs for MFU leave out).
+    """
+    latent = image_size // LATENT_DOWNSAMPLE
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        net = build_model(model, input_size=latent, in_channels=LATENT_CHANNELS, num_classes=1000)
+        for module in net.modules():
+            if isinstance(module, Attention):  # the math backend: its two products are what the counter sees
+                module.selection = Selection(Backend.MATH.value, Backend.MATH)
+        if checkpointing:
+            net.set_checkpointing(frozenset(range(len(net.transformer_blocks))))
+        diffusion = create_diffusion(learn_sigma=net.learn_sigma)
+        x0 = torch.randn(1, LATENT_CHANNELS, latent, latent)
+        t, y = torch.randint(0, diffusion.num_timesteps, (1,)), torch.randint(0, 1000, (1,))
+        with FlopCounterMode(display=False) as counter:
+            diffusion.training_losses(net, x0, t, {"y": y}, torch.randn_like(x0))["loss"].sum().backward()
+    return int(counter.get_total_flops())
+
+
+def latent_shape(image_size: int = PAPER_IMAGE_SIZE) -> tuple[int, ...]:
+    """Shape of the SD VAE's latent of one RGB image, from running its encoder on fake tensors."""
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(SD_VAE_CONFIG_DIR)))
+        with torch.no_grad():
+            latent = vae.encode(torch.randn(1, 3, image_size, image_size)).latent_dist.mean
+    return tuple(latent.shape[1:])
