@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.io import ImageReadMode, read_image
+from torchvision.utils import make_grid
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
@@ -122,6 +124,7 @@ def generate(
     eta: float = 0.0,
     cfg_scale: float = 1.0,
     cfg_channels: str = "all",
+    clip_denoised: bool = False,
     batch_size: int = 32,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -131,7 +134,8 @@ def generate(
 
     ``model`` (eval mode, with ``num_classes``) predicts on ``sample_shape`` (C, H, W) inputs;
     ``decode`` maps its samples to images in [-1, 1] (the VAE for latent models; None for pixel
-    models). ``autocast_dtype`` runs the model's forwards under autocast (fp16/bf16). Every image
+    models). ``clip_denoised`` clamps each predicted x0 to [-1, 1] (for pixel models, as ADM does).
+    ``autocast_dtype`` runs the model's forwards under autocast (fp16/bf16). Every image
     follows :data:`SEED_RULE` and :data:`LABEL_RULE`, whatever ``batch_size`` is.
     """
     if batch_size < 1:
@@ -153,6 +157,7 @@ def generate(
                 eta=eta,
                 cfg_scale=cfg_scale,
                 cfg_channels=cfg_channels,
+                clip_denoised=clip_denoised,
                 generator=generators,
             )
         images = decode(samples) if decode is not None else samples
@@ -173,6 +178,19 @@ def write_image(out_dir: Path, index: int, image: np.ndarray) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
     return write_bytes_atomic(out_dir / image_name(index), buffer.getvalue())
+
+
+def save_grid(out_dir: Path, num: int, path: Path, columns: int = 10, upscale: int = 4) -> Path:
+    """Tile images 0..num-1 of ``out_dir`` into one PNG (nearest-neighbour upscaled for small images)."""
+    missing = [i for i in range(num) if not (out_dir / image_name(i)).is_file()]
+    if missing:
+        raise ConfigError(f"cannot tile a grid: {len(missing)} image(s) missing in {out_dir}, first {missing[0]}")
+    images = torch.stack([read_image(str(out_dir / image_name(i)), ImageReadMode.RGB) for i in range(num)])
+    grid = make_grid(images, nrow=columns, padding=1)
+    grid = grid.repeat_interleave(upscale, dim=1).repeat_interleave(upscale, dim=2)
+    buffer = io.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def pack_npz(out_dir: Path, num: int) -> Path | None:
@@ -334,6 +352,9 @@ class SamplingRequest:
     """Classifier-free guidance scale; 1.0 = none (DiT reports FID-50K at 1.5 and at 1.0)."""
     cfg_channels: str = "all"
     """Guided noise channels: ``all`` or ``first3`` (DiT's reference code)."""
+    clip_denoised: bool | None = None
+    """Clamp each predicted x0 to [-1, 1]; None: on for pixel models (images live in [-1, 1]),
+    off for latent models (latents are unbounded)."""
     weights: str = "ema"
     """``ema`` or ``raw`` weights of the checkpoint."""
     precision: Precision = Precision.FP32
@@ -405,6 +426,7 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
             eta=request.eta,
             cfg_scale=request.cfg_scale,
             cfg_channels=request.cfg_channels,
+            clip_denoised=_clip_denoised(request, loaded),
             batch_size=request.batch_size,
             decode=loaded.decode,
             autocast_dtype=AUTOCAST_DTYPES.get(request.precision),
@@ -416,6 +438,12 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
     return SamplingReport(
         generated=todo, kept=len(share) - len(todo), npz=str(npz) if npz else None, record=record
     )
+
+
+def _clip_denoised(request: SamplingRequest, loaded: SamplingModel) -> bool:
+    if request.clip_denoised is not None:
+        return request.clip_denoised
+    return loaded.decoder["kind"] == "pixels"
 
 
 def _new_record(request: SamplingRequest, loaded: SamplingModel) -> dict[str, Any]:
@@ -438,7 +466,7 @@ def _new_record(request: SamplingRequest, loaded: SamplingModel) -> dict[str, An
             "eta": request.eta if request.sampler == "ddim" else None,
             "cfg_scale": request.cfg_scale,
             "cfg_channels": request.cfg_channels,
-            "clip_denoised": False,
+            "clip_denoised": _clip_denoised(request, loaded),
             "weights": request.weights,
             "decoder": loaded.decoder,
             "precision": Precision(request.precision).value,

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from dit_repro.checkpoint import CheckpointError
 from dit_repro.config import ATTENTION_CHOICES, ConfigError, Precision
 from dit_repro.diffusion import CFG_CHANNELS, DEFAULT_SAMPLING_STEPS, SAMPLERS
 from dit_repro.models.attention import AttentionBackendUnavailable
-from dit_repro.sampling import FORMATS, SEED_RULE, WEIGHTS, SamplingRequest, run_sampling
+from dit_repro.sampling import (
+    FORMATS,
+    SEED_RULE,
+    WEIGHTS,
+    SamplingRequest,
+    missing_indices,
+    run_sampling,
+    save_grid,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="all",
         choices=CFG_CHANNELS,
         help="guide all noise channels (default) or the first 3 only, as DiT's reference code does",
+    )
+    parser.add_argument(
+        "--grid", type=Path, default=None, metavar="PNG",
+        help="also tile images 0..N-1 into this PNG (written by the process that completes the set)",
+    )
+    parser.add_argument(
+        "--clip-denoised",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="clamp each predicted x0 to [-1, 1]; default: on for pixel models, off for latent models",
     )
     parser.add_argument(
         "--weights", default="ema", choices=WEIGHTS, help="EMA (default) or raw trained weights"
@@ -120,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 eta=args.eta,
                 cfg_scale=args.cfg_scale,
                 cfg_channels=args.cfg_channels,
+                clip_denoised=args.clip_denoised,
                 weights=args.weights,
                 precision=Precision(args.precision),
                 attention=args.attention,
@@ -139,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         f"rank {rank}/{world_size}: generated {len(report.generated)} image(s), kept {report.kept} existing; "
         f"{args.out} (seed {args.seed}, {args.sampler} {args.steps} steps, cfg {args.cfg_scale})"
     )
+    if args.grid is not None and not missing_indices(Path(args.out), range(args.num)):
+        print(f"grid {save_grid(Path(args.out), args.num, args.grid)}")
     if report.npz:
         print(f"packed {report.npz}")
     elif args.format == "npz":
