@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dit_repro.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"dit_repro.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"dit_repro.commands.{name}").register(subparsers)
     return parser
 
 

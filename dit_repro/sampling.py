@@ -23,17 +23,17 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, read_image
-from torchvision.utils import make_grid
 from PIL import Image
 from torch import nn
+from torchvision.io import ImageReadMode, read_image
+from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from dit_repro.atomic import write_bytes_atomic, write_json_atomic
@@ -46,6 +46,7 @@ from dit_repro.envinfo import resolve_device
 from dit_repro.fid.hashing import sha256_file
 from dit_repro.fid.layout import MAX_SAMPLES, SAMPLES_RECORD, image_name, npz_name
 from dit_repro.models import build_model, set_attention_backend
+from dit_repro.precision import matmul_precision
 
 RECORD_FORMAT = "dit-repro-samples"
 """Value of ``format`` in ``samples.json``."""
@@ -314,20 +315,6 @@ def _vae_decode(handle: VAEHandle) -> Callable[[torch.Tensor], torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # A sampling run
 # ----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def matmul_precision(precision: Precision) -> Iterator[None]:
-    """Within the block, fp32 matmuls are strict for fp32 and TF32 for every other precision, as in training."""
-    allow_tf32 = precision is not Precision.FP32
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,7 @@ from .diffusion import create_diffusion
 from .distributed import ProcessInfo, init_process_group, launched_process, mean_over_processes
 from .envinfo import environment_fingerprint, resolve_device
 from .models import build_model, set_attention_backend
-
-AUTOCAST_DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+from .precision import autocast_dtype, set_matmul_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,7 +141,8 @@ class Trainer:
         self.ema.module.requires_grad_(False)
 
         # 1. precision
-        self.autocast_dtype = self._apply_precision(switches.precision)
+        set_matmul_precision(switches.precision)
+        self.autocast_dtype = autocast_dtype(switches.precision)
         selection = set_attention_backend(
             self.model, switches.attention, self.device, self.autocast_dtype or torch.float32
         )
@@ -186,14 +186,6 @@ class Trainer:
             self.device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(self.device)
         return info
-
-    def _apply_precision(self, precision: Precision) -> torch.dtype | None:
-        """TF32 flags for tf32 (and for the fp32 leftovers of AMP); strict fp32 otherwise. Returns the autocast dtype."""
-        allow_tf32 = precision is not Precision.FP32
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
-        torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
-        return AUTOCAST_DTYPES.get(precision)
 
     @staticmethod
     def _apply_compile(model: nn.Module, mode: CompileMode, scope: CompileScope) -> nn.Module:

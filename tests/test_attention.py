@@ -53,7 +53,7 @@ def check_backend(backend: Backend, shape: tuple[int, int, int, int], dtype: tor
     value_scale = max(t.abs().max().item() for t in base)
     grad_scale = grad_out.abs().max().item() * value_scale**2
     assert_close_to_reference(f"{tag} out", out, out_pt, out_ref, dtype, input_scale=value_scale)
-    for name, g, g_pt, g_ref in zip("qkv", grads, grads_pt, grads_ref):
+    for name, g, g_pt, g_ref in zip("qkv", grads, grads_pt, grads_ref, strict=True):
         assert_close_to_reference(
             f"{tag} d{name}", g, g_pt, g_ref, dtype, GRADIENT_ERROR_MULTIPLE, input_scale=grad_scale
         )

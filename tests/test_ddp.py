@@ -40,7 +40,7 @@ def test_two_gloo_processes_follow_one_process_curve(tmp_path) -> None:
     ddp_losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     print(f"1 process: {single_losses}\n2 processes: {ddp_losses}")
     assert len(ddp_losses) == 4
-    for one, two in zip(single_losses, ddp_losses):
+    for one, two in zip(single_losses, ddp_losses, strict=True):
         assert abs(one - two) <= RELATIVE_TOLERANCE * abs(one)
 
 

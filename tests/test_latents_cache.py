@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dit_repro.atomic import TMP_PREFIX
 from dit_repro.commands import extract as extract_command
 from dit_repro.data import extraction
-from dit_repro.atomic import TMP_PREFIX
 from dit_repro.data.images import build_image_source
 from dit_repro.data.latents import LatentCache
 from dit_repro.data.manifest import CacheCorruptError, CacheError, CacheMismatchError, shard_stem

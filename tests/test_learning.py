@@ -12,7 +12,7 @@ from dit_repro.train import Trainer
 def yardstick_loss(trainer: Trainer, batches: list, steps: list[int]) -> float:
     """Mean loss over fixed batches and fixed (timestep, noise) draws: the same yardstick before and after."""
     with torch.no_grad():
-        return sum(trainer.compute_loss(b, step=s).item() for b, s in zip(batches, steps)) / len(batches)
+        return sum(trainer.compute_loss(b, step=s).item() for b, s in zip(batches, steps, strict=True)) / len(batches)
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def test_bf16_loss_curve_stays_in_band_of_fp32() -> None:
         trainer = perturbed_trainer(precision=precision)  # perturbed: the zero-initialised output would hide precision
         trainer.cfg.steps = 6
         curves[precision] = [r.loss for r in trainer.fit()]
-    deviations = [abs(b - f) / f for f, b in zip(curves["fp32"], curves["bf16"])]
+    deviations = [abs(b - f) / f for f, b in zip(curves["fp32"], curves["bf16"], strict=True)]
     print(f"fp32 {curves['fp32']}\nbf16 {curves['bf16']}\nrelative deviation {deviations}")
     assert max(deviations) <= BF16_EPS
     assert curves["fp32"] != curves["bf16"]  # the switch did change the arithmetic
@@ -138,7 +138,7 @@ def test_fp16_overflow_is_skipped_by_the_scaler_and_counted() -> None:
     before = [p.detach().clone() for p in trainer.model.parameters()]
     result = trainer.train_step(trainer.next_batch())
     assert result.grad_scale_skipped and trainer.skipped_steps == 1
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # no update was applied
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))  # no update was applied
     assert trainer.scaler.get_scale() < 2.0**120
 
 
@@ -153,7 +153,7 @@ def test_fp16_loss_curve_stays_in_band_of_fp32_on_gpu() -> None:
         trainer = Trainer(cfg)
         perturb_(trainer.model, seed=11)
         curves[precision] = [r.loss for r in trainer.fit()]
-    deviations = [abs(b - f) / f for f, b in zip(curves["fp32"], curves["fp16"])]
+    deviations = [abs(b - f) / f for f, b in zip(curves["fp32"], curves["fp16"], strict=True)]
     print(f"fp32 {curves['fp32']}\nfp16 {curves['fp16']}\nrelative deviation {deviations}")
     assert max(deviations) <= fp16_eps  # the same one-unit band as bf16, in fp16's 2^-11
 
@@ -198,7 +198,7 @@ def test_same_seed_same_losses_other_seed_different() -> None:
     cfg.seed = 8
     other = [r.loss for r in Trainer(cfg).fit()]
     assert first == second
-    assert all(a != b for a, b in zip(first, other))
+    assert all(a != b for a, b in zip(first, other, strict=True))
 
 
 def test_resume_continues_the_same_run(tmp_path) -> None:
@@ -213,9 +213,9 @@ def test_resume_continues_the_same_run(tmp_path) -> None:
     assert resumed.step == 2
     resumed_losses = [r.loss for r in resumed.fit()]
     assert resumed_losses == straight_losses[2:]
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(straight.ema.module.state_dict().values(), resumed.ema.module.state_dict().values()):
+    for a, b in zip(straight.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

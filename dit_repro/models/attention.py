@@ -122,7 +122,7 @@ REGISTRY: dict[Backend, BackendSpec] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unavailable_reason(name: str, device: str, dtype: torch.dtype, head_dim: int = 64) -> str | None:
     """Why ``name`` cannot run on ``device`` in ``dtype`` at this head size, or None if it can.
 
