@@ -174,7 +174,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     """Decay of the exponential moving average of the weights."""
     seed: int = 0
-    """Global seed; each process seeds every generator with seed + rank."""
+    """Global seed. Each process seeds the global generators with seed + rank; the draws that define
+    the maths (data flips and posterior noise per item, timesteps/noise/label dropout per step) use
+    seed alone over global indices, so results do not depend on the process count."""
     device: str = "auto"
     """``auto`` (cuda if present, else cpu), ``cpu`` or ``cuda``/``cuda:N``."""
     num_workers: int = 0
