@@ -87,7 +87,8 @@ def gpu_bench(session: nox.Session) -> None:
     results = "bench-out/results.json"
     session.run(python, "-m", "dit_repro.cli", "bench", "--matrix", "table4", "--out", results, *session.posargs,
                 external=True)
-    session.run(python, "-m", "dit_repro.cli", "gate", results, "--baselines", "baselines", external=True)
+    session.run(python, "-m", "dit_repro.cli", "gate", results, "--baselines", "baselines", "--report-dir", "bench-out",
+                external=True)
 
 
 @nox.session(python=False)

@@ -1,0 +1,211 @@
+"""A benchmark run end to end: scale, inputs, rows in fresh processes, results document.
+
+Scales. On a GPU the default is the paper's: DiT-XL/2, global batch 128, 256 px images, the
+full-size SD-VAE architecture for live encoding (random weights unless ``--vae`` names real
+ones: only speed is measured). On a CPU the default shrinks to a smoke scale that finishes in a
+few minutes (DiT-S/2, batch 8, 32 px, the tiny test VAE, one thread per row); its absolute
+numbers say nothing about the paper, and the CPU gate uses only machine-independent figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dit_repro.config import ConfigError, Features, TrainConfig
+
+from .latent_cache import build_temporary_cache
+from .matrices import Matrix
+from .results import device_block, results_document
+from .runner import WORKER_COMMAND, MatrixRunner, RowJob, Schedule
+from .schema import validate_results
+from .stats import WarmupPolicy
+
+
+@dataclass(frozen=True)
+class BenchScale:
+    """Model, data and timing of a run."""
+
+    model: str
+    """Model preset."""
+    global_batch_size: int
+    """Images per step."""
+    image_size: int
+    """Image side in pixels (the VAE's input; latents are 8x smaller)."""
+    timed_steps: int
+    """Timed steps per row after the warm-up."""
+    block_steps: int
+    """Steps per block of the interleaved schedule."""
+    schedule: str
+    """``sequential`` (GPU default) or ``interleaved`` (CPU default)."""
+    warmup: WarmupPolicy
+    """When a row's warm-up ends."""
+    data: str
+    """Dataset spec (synthetic by default: only speed and memory are measured)."""
+    vae: str
+    """VAE of the live rows and of the temporary cache."""
+    num_classes: int | None
+    """Label-embedding size (ImageNet's 1000 at the paper's scale)."""
+    threads: int | None
+    """torch threads per worker on a CPU (None: torch's default)."""
+    smoke: bool
+    """True when this is the CPU smoke scale rather than the paper's."""
+    notes: tuple[str, ...] = field(default=())
+    """What the reader must know about this scale."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``scale`` block of the results."""
+        return {
+            "model": self.model, "global_batch_size": self.global_batch_size, "image_size": self.image_size,
+            "smoke": self.smoke, "timed_steps": self.timed_steps, "schedule": self.schedule,
+            "block_steps": self.block_steps if self.schedule == "interleaved" else self.timed_steps,
+            "warmup": self.warmup.to_dict(), "data": self.data, "vae": self.vae, "notes": list(self.notes),
+        }
+
+
+PAPER_SCALE = BenchScale(
+    model="DiT-XL/2", global_batch_size=128, image_size=256, timed_steps=50, block_steps=10,
+    schedule="sequential", warmup=WarmupPolicy(window=10, rel_tol=0.03, min_steps=20, max_steps=200),
+    data="synthetic:count=1024,classes=1000", vae="full-size-random", num_classes=1000, threads=None, smoke=False,
+    notes=("paper scale (Table 4: DiT-XL/2, global batch 128, 256 px); the VAE of live rows has the SD-VAE "
+           "architecture, with random weights unless --vae names real ones (speed and memory only)",),
+)
+"""The paper's Table 4 setting, used on a GPU."""
+
+SMOKE_SCALE = BenchScale(
+    # Rounds of two steps: the rows of one round are timed within about a second of each other,
+    # so that drift of a shared machine stays paired (the CPU gate resamples whole rounds).
+    model="DiT-S/2", global_batch_size=8, image_size=32, timed_steps=60, block_steps=2,
+    schedule="interleaved", warmup=WarmupPolicy(window=5, rel_tol=0.05, min_steps=10, max_steps=60),
+    data="synthetic:count=64,classes=10", vae="tiny-random", num_classes=None, threads=1, smoke=True,
+    notes=("CPU smoke scale: DiT-S/2, batch 8, 32 px, the tiny random test VAE, one thread per row; absolute "
+           "numbers say nothing about the paper (DiT-XL/2, batch 128, 256 px on A100s)",
+           "rows are interleaved in blocks so that machine drift cancels in ratios between rows"),
+)
+"""A few minutes on a CPU; checks that everything runs and gates machine-independent figures."""
+
+
+def default_scale(device_type: str) -> BenchScale:
+    """The paper's scale on a GPU, the smoke scale on a CPU."""
+    return PAPER_SCALE if device_type == "cuda" else SMOKE_SCALE
+
+
+def resolve_device_type(spec: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu or cuda")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    return spec
+
+
+def device_identity(device_type: str) -> tuple[str, int]:
+    """(name, count) of the device, without creating a CUDA context in this process."""
+    if device_type == "cuda":
+        return torch.cuda.get_device_name(0), torch.cuda.device_count()
+    from dit_repro.envinfo import device_name
+
+    return device_name(torch.device("cpu")), 1
+
+
+@dataclass
+class BenchRequest:
+    """Everything ``dit-repro bench`` was asked for."""
+
+    matrix: Matrix
+    """The rows."""
+    scale: BenchScale
+    """Model, data and timing."""
+    device_type: str
+    """``cpu`` or ``cuda``."""
+    cache_dir: str | None = None
+    """Latent cache for the cached rows (None: a temporary one is made)."""
+    seed: int = 0
+    """Training seed of every row."""
+    inject_slowdown: dict[str, float] = field(default_factory=dict)
+    """Test-only: row name -> slowdown factor of its timed steps."""
+    peak_flops: float | None = None
+    """Override of the device's peak FLOP/s for MFU."""
+    timeout_s: float = 3600.0
+    """Longest wait for one reply of a worker."""
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    """The command line, stored in the results."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.inject_slowdown) - {row.name for row in self.matrix.rows})
+        if unknown:
+            names = ", ".join(row.name for row in self.matrix.rows)
+            raise ConfigError(f"--inject-slowdown names rows {unknown} that matrix {self.matrix.name!r} lacks; rows: {names}")
+
+    def needs_cache(self) -> bool:
+        """True when some row trains on cached latents."""
+        return any(row.resolved().features is Features.CACHED for row in self.matrix.rows)
+
+    def row_config(self, switches: dict[str, Any], cache_dir: str | None) -> TrainConfig:
+        """The TrainConfig of one row (validated now, before any process starts)."""
+        scale = self.scale
+        return TrainConfig(
+            model=scale.model, data=scale.data, image_size=scale.image_size, num_classes=scale.num_classes,
+            cache_dir=cache_dir, vae=scale.vae, global_batch_size=scale.global_batch_size, steps=0, seed=self.seed,
+            device=self.device_type, switches=dict(switches),
+        )
+
+    def jobs(self, cache_dir: str | None) -> list[RowJob]:
+        """One job per row."""
+        jobs = []
+        for row in self.matrix.rows:
+            cfg = self.row_config(row.switches, cache_dir)
+            workload = {"kind": "trainer", "config": cfg.to_dict()}
+            jobs.append(RowJob(row.name, cfg.switches.to_dict(), workload, self.inject_slowdown.get(row.name),
+                               threads=self.scale.threads))
+        return jobs
+
+
+def default_environment(device_type: str) -> dict[str, Any]:
+    """dit_repro.envinfo's fingerprint of the device type (versions, driver, git commit, attention)."""
+    from dit_repro.envinfo import environment_fingerprint
+
+    return environment_fingerprint(device_type)
+
+
+def run_bench(request: BenchRequest, log_dir: Path,
+              environment: Callable[[str], dict[str, Any]] = default_environment,
+              worker_command: tuple[str, ...] = WORKER_COMMAND) -> dict[str, Any]:
+    """Run every row and return the validated results document.
+
+    ``environment`` maps the device type to the fingerprint; it is taken after the rows, so that
+    its CUDA probes cannot hold device memory while they run.
+    """
+    scale = request.scale
+    schedule = Schedule(scale.schedule, scale.timed_steps, scale.block_steps, scale.warmup, request.timeout_s)
+    runner = MatrixRunner(schedule, log_dir, worker_command)
+    with tempfile.TemporaryDirectory(prefix="dit-repro-bench-cache-") as tmp:
+        cache_dir = request.cache_dir
+        if cache_dir is None and request.needs_cache():
+            runner.say(f"building a temporary latent cache ({scale.data}, {scale.image_size} px, VAE {scale.vae})")
+            cache_dir = str(build_temporary_cache(
+                Path(tmp) / "cache", data=scale.data, vae=scale.vae, image_size=scale.image_size,
+                device=request.device_type, batch_size=min(scale.global_batch_size, 32)))
+        jobs = request.jobs(cache_dir)
+        runner.run(jobs)
+    name, count = device_identity(request.device_type)
+    document = results_document(
+        command=request.command, matrix=request.matrix, scale=scale.to_dict(),
+        device=device_block(request.device_type, name, count, request.peak_flops),
+        environment=environment(request.device_type), jobs=jobs,
+    )
+    return validate_results(document, source="the results of this run")
+
+
+def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:
+    """``scale`` with the fields the user set (None values are ignored)."""
+    return dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})

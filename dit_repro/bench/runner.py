@@ -1,0 +1,303 @@
+"""Runs the rows of a matrix, each in a fresh worker process, on one of two schedules.
+
+``sequential``: one row after another, each warmed up and timed to the end before the next
+starts (the GPU schedule: only one row holds device memory at a time).
+
+``interleaved``: every row's worker is started and warmed up, then the rows time blocks of
+steps in turn, the order reversed every other round. Slow drifts of the machine (other jobs,
+thermal state) then fall on all rows alike and cancel in ratios between rows. Only one worker
+computes at any moment; the others wait on their pipe. This is the CPU schedule.
+
+A row that runs out of memory is a result (``oom``) and the matrix goes on; so is one whose
+worker raises (``error``), dies (``crashed``) or stops answering (``timeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .stats import WarmupPolicy
+
+SCHEDULES = ("sequential", "interleaved")
+
+WORKER_COMMAND = (sys.executable, "-m", "dit_repro.bench.worker")
+"""How a worker process is started."""
+
+_STDERR_TAIL_CHARS = 4000
+
+
+class WorkerFailure(RuntimeError):
+    """A worker that died or stopped answering; ``status`` is ``crashed`` or ``timeout``."""
+
+    def __init__(self, status: str, message: str, stderr_tail: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        """``crashed`` or ``timeout``."""
+        self.stderr_tail = stderr_tail
+        """The end of the worker's stderr, for the error block."""
+
+
+class WorkerHandle:
+    """A worker process and its JSON-lines channel; its stderr goes to ``log_path``."""
+
+    def __init__(self, log_path: Path, command: Sequence[str] = WORKER_COMMAND, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        """File holding the worker's stderr (and whatever the libraries printed)."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")  # noqa: SIM115 - kept open for the life of the process
+        self.process = subprocess.Popen(
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, bufsize=0,
+            env={**os.environ, **(env or {})},
+        )
+        """The worker process."""
+        self._buffer = bytearray()
+
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and wait at most ``timeout_s`` for its reply."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise self._failure("crashed", f"worker exited before request {message.get('op')!r}") from None
+        line = self._read_line(timeout_s)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise self._failure("crashed", f"worker sent a malformed reply: {line[:200]!r}") from None
+
+    def _read_line(self, timeout_s: float) -> str:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    self.kill()
+                    raise self._failure("timeout", f"worker gave no reply within {timeout_s:.0f} s")
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    code = self.process.wait()
+                    raise self._failure("crashed", f"worker process exited with code {code} without replying")
+                self._buffer += chunk
+        line, _, rest = self._buffer.partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line.decode()
+
+    def _failure(self, status: str, message: str) -> WorkerFailure:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return WorkerFailure(status, message, text[-_STDERR_TAIL_CHARS:] or None)
+
+    def kill(self) -> None:
+        """Stop the worker now."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Close the channel and reap the process (killed if it lingers)."""
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._log.close()
+
+
+@dataclass
+class RowJob:
+    """One row to run: what the worker builds, and what comes back."""
+
+    name: str
+    """Row name."""
+    switches: dict[str, Any]
+    """The row's switches as given by the matrix (replaced by the resolved ones after setup)."""
+    workload: dict[str, Any]
+    """The worker's ``workload`` block."""
+    inject_slowdown: float | None = None
+    """Test-only slowdown factor of this row's timed steps."""
+    threads: int | None = None
+    """torch threads of the worker (None: torch's default)."""
+    status: str = "pending"
+    """ok, oom, unavailable, error, crashed or timeout once run."""
+    error: dict[str, Any] | None = None
+    """What went wrong, when status is not ok."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """The worker's description of the workload (config, attention, analytic work)."""
+    warmup: dict[str, Any] | None = None
+    """The warm-up record."""
+    times: list[float] = field(default_factory=list)
+    """Every timed step (wall clock), in order."""
+    cpu_times: list[float] | None = None
+    """CPU time of every timed step, in order (CPU rows only)."""
+    memory: dict[str, Any] | None = None
+    """Memory block."""
+    saved_activations: dict[str, Any] | None = None
+    """Saved-for-backward bytes."""
+    notes: list[str] = field(default_factory=list)
+    """Remarks (e.g. a figure that could not be taken)."""
+    handle: WorkerHandle | None = None
+    """The live worker while the row runs."""
+
+    @property
+    def active(self) -> bool:
+        """True while the row still runs without failure."""
+        return self.status == "pending"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How rows are timed."""
+
+    kind: str
+    """``sequential`` or ``interleaved``."""
+    timed_steps: int
+    """Timed steps per row."""
+    block_steps: int
+    """Steps per block when interleaved."""
+    warmup: WarmupPolicy
+    """When each row's warm-up ends."""
+    timeout_s: float
+    """Longest wait for any one reply (the warm-up of a compiled row included)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.timed_steps < 1 or self.block_steps < 1:
+            raise ValueError(f"timed_steps and block_steps must be >= 1, got {self.timed_steps}, {self.block_steps}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+
+    def blocks(self) -> list[int]:
+        """Sizes of the blocks each row times (one block when sequential)."""
+        if self.kind == "sequential":
+            return [self.timed_steps]
+        count = math.ceil(self.timed_steps / self.block_steps)
+        sizes = [self.block_steps] * count
+        sizes[-1] = self.timed_steps - self.block_steps * (count - 1)
+        return sizes
+
+
+def log_name(row_name: str) -> str:
+    """A file name for a row's worker log (row names hold '/', '+', ':')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", row_name) + ".log"
+
+
+class MatrixRunner:
+    """Runs jobs on a schedule, printing one progress line per event to ``progress``."""
+
+    def __init__(self, schedule: Schedule, log_dir: Path, worker_command: Sequence[str] = WORKER_COMMAND,
+                 progress: Any = sys.stderr) -> None:
+        self.schedule = schedule
+        """How rows are timed."""
+        self.log_dir = log_dir
+        """Directory of the per-row worker logs."""
+        self.worker_command = tuple(worker_command)
+        """Command of a worker process."""
+        self.progress = progress
+        """Stream for progress lines."""
+
+    def run(self, jobs: list[RowJob]) -> list[RowJob]:
+        """Run every job; each ends with a status. Returns ``jobs``."""
+        if self.schedule.kind == "sequential":
+            for job in jobs:
+                self._start(job)
+                self._prepare(job)
+                self._time_blocks([job])
+                self._finish(job)
+        else:
+            for job in jobs:
+                self._start(job)
+            for job in jobs:
+                self._prepare(job)
+            self._time_blocks(jobs)
+            for job in jobs:
+                self._finish(job)
+        return jobs
+
+    def say(self, text: str) -> None:
+        """Print one progress line."""
+        print(f"[bench] {text}", file=self.progress, flush=True)
+
+    def _start(self, job: RowJob) -> None:
+        job.handle = WorkerHandle(self.log_dir / log_name(job.name), self.worker_command)
+
+    def _ask(self, job: RowJob, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a request; on any failure record it on the job, stop its worker and return None."""
+        assert job.handle is not None
+        try:
+            reply = job.handle.request(message, self.schedule.timeout_s)
+        except WorkerFailure as failure:
+            job.status = failure.status
+            job.error = {"type": "WorkerFailure", "message": str(failure), "traceback": None,
+                         "stderr_tail": failure.stderr_tail, "phase": message["op"]}
+        else:
+            if reply.get("ok"):
+                return reply
+            job.status = reply["status"]
+            job.error = reply["error"]
+            job.memory = reply.get("memory")
+        self.say(f"{job.name}: {job.status} during {message['op']}: {job.error['message'].splitlines()[0]}")
+        job.handle.close()
+        job.handle = None
+        return None
+
+    def _prepare(self, job: RowJob) -> None:
+        reply = self._ask(job, {"op": "setup", "row": {
+            "workload": job.workload, "warmup": self.schedule.warmup.to_dict(), "inject_slowdown": job.inject_slowdown,
+            "threads": job.threads}})
+        if reply is None:
+            return
+        job.info = reply["info"]
+        self.say(f"{job.name}: warming up")
+        reply = self._ask(job, {"op": "warmup"})
+        if reply is None:
+            return
+        job.warmup = reply["warmup"]
+        steady = "steady" if job.warmup["steady"] else "NOT steady (warm-up cap reached)"
+        self.say(f"{job.name}: {job.warmup['steps']} warm-up steps, {steady}")
+
+    def _time_blocks(self, jobs: list[RowJob]) -> None:
+        for round_index, steps in enumerate(self.schedule.blocks()):
+            order = jobs if round_index % 2 == 0 else list(reversed(jobs))
+            for job in order:
+                if not job.active:
+                    continue
+                reply = self._ask(job, {"op": "time", "steps": steps})
+                if reply is not None:
+                    job.times.extend(reply["times"])
+                    if reply.get("cpu_times") is not None:
+                        job.cpu_times = (job.cpu_times or []) + reply["cpu_times"]
+        for job in jobs:
+            if job.active and job.times:
+                self.say(f"{job.name}: {len(job.times)} steps timed")
+
+    def _finish(self, job: RowJob) -> None:
+        if not job.active:
+            return
+        reply = self._ask(job, {"op": "finish"})
+        if reply is None:
+            return
+        job.memory = reply["memory"]
+        job.saved_activations = reply["saved_activations"]
+        job.notes.extend(reply["notes"])
+        job.status = "ok"
+        assert job.handle is not None
+        job.handle.close()
+        job.handle = None

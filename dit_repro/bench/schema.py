@@ -1,0 +1,90 @@
+"""The results file: its JSON Schema (results.schema.json beside this module), loading and writing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_ID = "dit-repro/bench-results"
+SCHEMA_VERSION = 1
+
+
+class ResultsError(ValueError):
+    """A results or baseline file that cannot be read or does not follow the schema."""
+
+
+@functools.cache
+def results_schema() -> dict[str, Any]:
+    """The JSON Schema of a results file (also the schema of a measured baseline)."""
+    text = resources.files("dit_repro.bench").joinpath("results.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
+    """Return ``data`` if it follows the schema, else raise ResultsError naming the first violation."""
+    validator = jsonschema.Draft202012Validator(results_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        raise ResultsError(
+            f"{source} does not follow results.schema.json at {where}: {first.message}"
+            + (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else "")
+        )
+    row_names = [row["name"] for row in data["rows"]]
+    if len(set(row_names)) != len(row_names):
+        raise ResultsError(f"{source} repeats row names: {row_names}")
+    return data
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a results (or baseline) file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"results file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not JSON: {exc}") from None
+    return validate_results(data, source=str(path))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` through a temporary file in the same directory, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; results and baselines are shared files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode ``open()`` would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def write_results(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Validate, then write a results file atomically."""
+    validate_results(data, source=str(path))
+    return write_json_atomic(path, data)

@@ -1,0 +1,137 @@
+"""One benchmark row in its own process: ``python -m dit_repro.bench.worker``.
+
+A fresh process per configuration keeps compiled graphs, autotuning caches and the CUDA caching
+allocator of one row from leaking into the next. The parent (:mod:`dit_repro.bench.runner`)
+talks to the worker in JSON lines: one request on stdin, one reply on the protocol stream (the
+process's original stdout; anything the libraries print is sent to stderr instead).
+
+Requests, in order: ``setup`` (with the row: its ``workload``, ``warmup`` policy and
+``inject_slowdown`` and ``threads``), ``warmup``, ``time`` (any number of times, with
+``steps``), ``finish``. Every reply has ``ok``; a failed request answers ``ok: false`` with a
+``status`` (``oom``, ``unavailable`` or ``error``) and an ``error`` block, and the worker exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import IO, Any
+
+import torch
+
+from dit_repro.models.attention import AttentionBackendUnavailable
+
+from .measure import CudaMemoryTrace, RowSession, cuda_memory_record
+from .stats import WarmupPolicy
+from .workload import MatmulWorkload, TrainerWorkload, build_workload
+
+
+def classify_failure(exc: BaseException) -> str:
+    """Result status of an exception: ``oom``, ``unavailable`` or ``error``."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return "oom"
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):
+        return "oom"  # the CPU allocator raises a plain RuntimeError
+    if isinstance(exc, AttentionBackendUnavailable):
+        return "unavailable"
+    return "error"
+
+
+def failure_reply(exc: BaseException, phase: str, device: torch.device | None) -> dict[str, Any]:
+    """The reply to a request that raised: status, error block and, on a GPU, the memory at the failure."""
+    status = classify_failure(exc)
+    reply: dict[str, Any] = {
+        "ok": False,
+        "status": status,
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc).strip() or type(exc).__name__,
+            "traceback": None if status == "oom" else traceback.format_exc(),
+            "phase": phase,
+        },
+    }
+    if status == "oom" and device is not None and device.type == "cuda":
+        reply["memory"] = cuda_memory_record(device, CudaMemoryTrace())  # the peaks up to the failure
+    return reply
+
+
+class Worker:
+    """Holds the row's session between requests and answers them."""
+
+    def __init__(self) -> None:
+        self.session: RowSession | None = None
+        """The measurement session, once set up."""
+        self.workload: TrainerWorkload | MatmulWorkload | None = None
+        """The row's workload, once built."""
+
+    def handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Answer one request; the flag says whether the worker should exit afterwards."""
+        op = request.get("op")
+        try:
+            if op == "setup":
+                return self._setup(request["row"]), False
+            if self.session is None:
+                raise RuntimeError(f"request {op!r} before setup")
+            if op == "warmup":
+                return {"ok": True, "warmup": self.session.warmup()}, False
+            if op == "time":
+                block = self.session.time_block(int(request["steps"]))
+                return {"ok": True, "times": block.wall, "cpu_times": block.cpu}, False
+            if op == "finish":
+                return self._finish(), True
+            raise ValueError(f"unknown request {op!r}; expected setup, warmup, time or finish")
+        except Exception as exc:  # every failure becomes a result; the parent decides what it means
+            return failure_reply(exc, str(op), self._device()), True
+
+    def _device(self) -> torch.device | None:
+        """The row's device; during setup (no workload yet) the GPU if this process has used it."""
+        if self.workload is not None:
+            return self.workload.device
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch.device("cuda", torch.cuda.current_device())
+        return None
+
+    def _setup(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("threads"):
+            torch.set_num_threads(int(row["threads"]))
+        self.workload = build_workload(row["workload"])
+        self.session = RowSession(self.workload, WarmupPolicy(**row["warmup"]), row.get("inject_slowdown"))
+        return {"ok": True, "info": {**self.workload.describe(), "clock": self.session.clock}}
+
+    def _finish(self) -> dict[str, Any]:
+        assert self.session is not None
+        memory = self.session.memory_record()
+        notes: list[str] = []
+        try:
+            saved = self.session.saved_activations()
+        except Exception as exc:  # e.g. a compiled graph that refuses saved-tensor hooks
+            saved = None
+            notes.append(f"saved activations not counted: {type(exc).__name__}: {exc}")
+        return {"ok": True, "memory": memory, "saved_activations": saved, "notes": notes}
+
+
+def serve(requests: IO[str], replies: IO[str]) -> int:
+    """Answer requests from ``requests`` on ``replies`` until ``finish``, a failure or end of input."""
+    worker = Worker()
+    for line in requests:
+        if not line.strip():
+            continue
+        reply, done = worker.handle(json.loads(line))
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if done:
+            return 0
+    return 0
+
+
+def main() -> int:
+    """Entry point: move stdout to stderr for the libraries, keep the original for replies."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""``dit-repro bench``: time and size an ablation matrix, each row in a fresh process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dit_repro.bench.baselines import record_baseline
+from dit_repro.bench.matrices import BUILTIN_MATRICES, build_matrix
+from dit_repro.bench.plan import BenchRequest, default_scale, resolve_device_type, run_bench, with_overrides
+from dit_repro.bench.report import plot_results, results_markdown
+from dit_repro.bench.runner import SCHEDULES
+from dit_repro.bench.schema import ResultsError, write_results, write_text_atomic
+from dit_repro.bench.stats import WarmupPolicy
+from dit_repro.config import ConfigError
+
+EPILOG = """\
+matrices:
+  table4     the paper's Table 4: original, gcp-no-tf32, gcp, gcp+amp, gcp+features, gcp+amp+features
+             (tf32 everywhere but gcp-no-tf32; AMP = fp16 autocast on CUDA, bf16 on CPU;
+              features = cached latents instead of live VAE encoding)
+  attention  every attention backend (auto, math, sdpa, flash, efficient, cudnn, xformers)
+  compile    eager and every torch.compile mode x scope (model, blocks)
+  NAME=ROW;ROW;...   a custom matrix; ROW = [LABEL@]KEY:VALUE[+KEY:VALUE...] or [LABEL@]default
+             keys: attention (attn), precision, checkpointing (ckpt), checkpoint_every (every), compile,
+             compile_scope (scope), features, protocol. Unnamed switches: features=cached, else defaults.
+             example: --matrix 'mine=fast@ckpt:full+precision:bf16;plain@ckpt:none'
+
+scales: a GPU runs the paper's DiT-XL/2, batch 128, 256 px; a CPU shrinks to a smoke scale
+(DiT-S/2, batch 8, 32 px, tiny VAE, rows interleaved) that finishes in a few minutes.
+An out-of-memory row is a result (status oom); the matrix goes on. The command exits 0 once
+the results are written, whatever the rows' statuses (`dit-repro gate` judges them), 2 on bad input.
+"""
+
+
+def _injection(text: str) -> tuple[str, float]:
+    row, sep, factor = text.rpartition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = 0.0
+    if not sep or not row or value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected ROW=FACTOR with FACTOR >= 1 (e.g. gcp=1.10), got {text!r}")
+    return row, value
+
+
+def capped_warmup(policy: WarmupPolicy, max_steps: int) -> WarmupPolicy:
+    """``policy`` with at most ``max_steps`` warm-up steps; the windows shrink to fit two of them."""
+    if max_steps < 2:
+        raise ValueError(f"--warmup-max must be >= 2 (two windows of one step), got {max_steps}")
+    window = min(policy.window, max_steps // 2)
+    return WarmupPolicy(window, policy.rel_tol, min(policy.min_steps, max_steps), max_steps)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time and size an ablation matrix (Table 4, attention, compile, custom)",
+        description="Warm each configuration up until its step time is steady, time many steps (CUDA events on a "
+        "GPU), read peak memory and saved activations, and write a results JSON (schema: "
+        "dit_repro/bench/results.schema.json) plus results.md and results.png beside it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--matrix", default="table4", help=f"{', '.join(BUILTIN_MATRICES)} or NAME=ROW;... (default table4)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--model", default=None, help="model preset (default: DiT-XL/2 on GPU, DiT-S/2 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 128 GPU, 8 CPU)")
+    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: 256 GPU, 32 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 50 GPU, 60 CPU)")
+    parser.add_argument("--block-steps", type=int, default=None, help="steps per block when interleaved")
+    parser.add_argument("--schedule", choices=SCHEDULES, default=None,
+                        help="sequential (GPU default) or interleaved (CPU default: drift cancels in ratios)")
+    parser.add_argument("--warmup-max", type=int, default=None, help="most warm-up steps per row")
+    parser.add_argument("--data", default=None, help="dataset spec (default synthetic)")
+    parser.add_argument("--vae", default=None,
+                        help="VAE of live rows and of the temporary cache (default: full-size-random GPU, tiny-random CPU)")
+    parser.add_argument("--cache-dir", default=None, help="latent cache for cached rows (default: a temporary one)")
+    parser.add_argument("--num-classes", type=int, default=None, help="label classes (default: 1000 GPU, the data's on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker on CPU (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every row")
+    parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for MFU (default: datasheet table)")
+    parser.add_argument("--row-timeout", type=float, default=3600.0, help="seconds to wait for any one worker reply")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/results.json"),
+                        help="results JSON (default bench-out/results.json); results.md/.png and logs/ go beside it")
+    parser.add_argument("--record", nargs="?", const=Path("baselines"), type=Path, default=None, metavar="BASELINES",
+                        help="also write the results as this device's baseline under BASELINES (default baselines/); "
+                             "review and commit it")
+    parser.add_argument("--inject-slowdown", type=_injection, action="append", default=[], metavar="ROW=FACTOR",
+                        help="TEST ONLY: stretch ROW's timed steps by FACTOR (busy-waits inside the timed region) to show "
+                             "that the gate catches a slower configuration")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the matrix, write and print the results; 0 once results are written, 2 on bad input."""
+    try:
+        device_type = resolve_device_type(args.device)
+        matrix = build_matrix(args.matrix, device_type)
+        base = default_scale(device_type)
+        warmup = base.warmup if args.warmup_max is None else capped_warmup(base.warmup, args.warmup_max)
+        scale = with_overrides(
+            base, model=args.model, global_batch_size=args.batch_size, image_size=args.image_size,
+            timed_steps=args.steps, block_steps=args.block_steps, schedule=args.schedule, data=args.data,
+            vae=args.vae, num_classes=args.num_classes, threads=args.threads, warmup=warmup,
+        )
+        request = BenchRequest(matrix, scale, device_type, cache_dir=args.cache_dir, seed=args.seed,
+                               inject_slowdown=dict(args.inject_slowdown), peak_flops=args.peak_flops,
+                               timeout_s=args.row_timeout, command=["dit-repro", *sys.argv[1:]])
+        if scale.smoke:
+            print(f"[bench] {scale.notes[0]}", file=sys.stderr)
+        results = run_bench(request, args.out.parent / "logs")
+        write_results(args.out, results)
+        markdown = results_markdown(results)
+        write_text_atomic(args.out.with_suffix(".md"), markdown)
+        plot = plot_results(results, args.out.with_suffix(".png"))
+        print(markdown, end="")
+        print(f"results: {args.out}\nplot: {plot}")
+        if args.record is not None:
+            print(f"baseline written: {record_baseline(results, args.record)} (review it, then commit it)")
+    except (ConfigError, ResultsError, ValueError) as exc:
+        print(f"dit-repro bench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,99 @@
+"""``dit-repro gate``: compare benchmark results with the device's baseline; exit 0 pass, 1 regression, 2 error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dit_repro.bench.schema import ResultsError, load_results
+from dit_repro.gate import EXIT_DATA_ERROR, EXIT_PASS, EXIT_REGRESSION, GateInputs, Thresholds, run_gate
+from dit_repro.gate.selftest import measure_matmul_samples, requirements_met, run_self_test, self_test_report
+
+
+def _fraction(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) such as 0.05 or 5%, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``gate`` subcommand."""
+    parser = subparsers.add_parser(
+        "gate",
+        help="compare benchmark results with stored baselines (exit 0 pass, 1 regression, 2 error)",
+        description=(
+            "Compare a results file of `dit-repro bench` with the baseline of its device "
+            "(BASELINES/<device>/<model>-b<batch>-<image>px-<matrix>.json). A metric regresses only when its "
+            "change exceeds the threshold AND is significant (one-sided Mann-Whitney U on per-step samples, "
+            "bootstrap for ratios between rows). On a CPU only machine-independent figures are gated. "
+            "Writes gate.md and gate.png to --report-dir. Exit codes: 0 pass, 1 regression or failed row, "
+            "2 usage or data error (including no baseline for the device, unless --allow-missing)."
+        ),
+    )
+    parser.add_argument("results", nargs="?", type=Path, help="results JSON written by `dit-repro bench`")
+    parser.add_argument("--baselines", type=Path, default=Path("baselines"),
+                        help="baselines root directory (or one baseline file); default: baselines")
+    parser.add_argument("--time-threshold", type=_fraction, default=0.05,
+                        help="relative change of time metrics that counts (default 0.05 = 5%%)")
+    parser.add_argument("--memory-threshold", type=_fraction, default=0.10,
+                        help="relative change of memory metrics that counts (default 0.10 = 10%%)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="significance level of each one-sided test (default 0.01)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="without a baseline for this device, gate only faults (crashed rows) instead of failing")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="where to write gate.md and gate.png (default: the results file's directory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    selftest = parser.add_argument_group("self-test")
+    selftest.add_argument("--self-test", action="store_true",
+                          help="measure the gate's detection and false-alarm rates on real step-time noise and exit")
+    selftest.add_argument("--samples", type=str, default=None, metavar="RESULTS[:ROW]",
+                          help="self-test on a results file's step times (first ok row, or ROW) instead of "
+                               "timing a matmul step now")
+    selftest.add_argument("--draws", type=int, default=1000, help="self-test draws per slowdown factor (default 1000)")
+    selftest.add_argument("--steps-per-run", type=int, default=50,
+                          help="self-test steps in each resampled baseline and current run (default 50, the GPU "
+                               "bench's timed steps per row)")
+    parser.set_defaults(func=run)
+
+
+def _samples_from_results(spec: str) -> tuple[list[float], str]:
+    path, _, row_name = spec.partition(":")
+    results = load_results(path)
+    rows = [r for r in results["rows"] if r["status"] == "ok" and r["timing"] and (not row_name or r["name"] == row_name)]
+    if not rows:
+        raise ResultsError(f"{path} has no ok row{' named ' + repr(row_name) if row_name else ''} with step times")
+    return rows[0]["timing"]["step_times_s"], f"{path} row {rows[0]['name']!r} ({results['device']['name']})"
+
+
+def _self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:
+    if args.samples:
+        samples, source = _samples_from_results(args.samples)
+    else:
+        print("timing 400 steps of a 512x512 matmul training step (batch 512, one thread) on this CPU ...",
+              file=sys.stderr)
+        samples, source = measure_matmul_samples(), "a 512x512 matmul training step (batch 512, 1 thread) on this CPU"
+    estimates = run_self_test(samples, thresholds, n=args.steps_per_run, draws=args.draws, seed=args.seed)
+    print(self_test_report(samples, estimates, args.steps_per_run, thresholds, source), end="")
+    return EXIT_PASS if requirements_met(estimates) else EXIT_REGRESSION
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the gate (or its self-test); returns the exit code."""
+    try:
+        thresholds = Thresholds(time=args.time_threshold, memory=args.memory_threshold, alpha=args.alpha)
+        if args.self_test:
+            return _self_test(args, thresholds)
+        if args.results is None:
+            print("dit-repro gate: error: RESULTS is required (or use --self-test)", file=sys.stderr)
+            return EXIT_DATA_ERROR
+        outcome = run_gate(args.results, args.baselines, GateInputs(thresholds, seed=args.seed),
+                           allow_missing=args.allow_missing, report_dir=args.report_dir or args.results.parent)
+    except (ResultsError, ValueError) as exc:
+        print(f"dit-repro gate: error: {exc}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    print(outcome.markdown, end="")
+    if outcome.plot_path is not None:
+        print(f"plot: {outcome.plot_path}")
+    return outcome.exit_code if outcome.exit_code in (EXIT_PASS, EXIT_REGRESSION) else EXIT_DATA_ERROR

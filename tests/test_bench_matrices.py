@@ -1,0 +1,66 @@
+"""Built-in matrices map the paper's rows to switches; custom matrices parse or fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from dit_repro.bench.matrices import build_matrix, parse_custom
+from dit_repro.config import ATTENTION_CHOICES, Checkpointing, CompileMode, ConfigError, Features, Precision
+
+
+@pytest.mark.parametrize("device, amp", [("cuda", Precision.FP16), ("cpu", Precision.BF16)])
+def test_table4_rows_are_the_papers(device: str, amp: Precision) -> None:
+    matrix = build_matrix("table4", device)
+    rows = {row.name: row.resolved() for row in matrix.rows}
+    assert list(rows) == ["original", "gcp-no-tf32", "gcp", "gcp+amp", "gcp+features", "gcp+amp+features"]
+    assert rows["original"].checkpointing is Checkpointing.NONE
+    assert all(rows[n].checkpointing is Checkpointing.FULL for n in list(rows)[1:])
+    assert rows["gcp-no-tf32"].precision is Precision.FP32
+    assert {rows[n].precision for n in ("original", "gcp", "gcp+features")} == {Precision.TF32}
+    assert rows["gcp+amp"].precision is amp and rows["gcp+amp+features"].precision is amp
+    assert {n for n, s in rows.items() if s.features is Features.CACHED} == {"gcp+features", "gcp+amp+features"}
+    assert {n for n, s in rows.items() if s.features is Features.LIVE} == {"original", "gcp-no-tf32", "gcp", "gcp+amp"}
+    ratio_metrics = {r.metric for r in matrix.ratios}
+    assert ratio_metrics == {"time", "saved_activation_bytes"}
+
+
+def test_attention_matrix_covers_every_backend() -> None:
+    matrix = build_matrix("attention", "cpu")
+    assert [row.resolved().attention for row in matrix.rows] == list(ATTENTION_CHOICES)
+
+
+def test_compile_matrix_covers_every_mode_and_scope() -> None:
+    matrix = build_matrix("compile", "cpu")
+    pairs = {(r.resolved().compile, r.resolved().compile_scope.value) for r in matrix.rows[1:]}
+    assert matrix.rows[0].resolved().compile is CompileMode.OFF
+    assert pairs == {(mode, scope) for mode in CompileMode if mode is not CompileMode.OFF
+                     for scope in ("model", "blocks")}
+
+
+def test_custom_matrix_syntax_labels_aliases_and_defaults() -> None:
+    matrix = parse_custom("mine=fast@ckpt:full+precision:bf16+attn:math;ckpt:none;base@default")
+    assert [row.name for row in matrix.rows] == ["fast", "ckpt:none", "base"]
+    fast = matrix.rows[0].resolved()
+    assert (fast.checkpointing, fast.precision, fast.attention) == (Checkpointing.FULL, Precision.BF16, "math")
+    # Unnamed switches: cached latents, the rest Switches' defaults.
+    base = matrix.rows[2].resolved()
+    assert base.features is Features.CACHED and base.precision is Precision.FP32
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("nothing", "unknown matrix"),
+        ("mine=", "NAME=ROW"),
+        ("mine=ckpt", "KEY:VALUE"),
+        ("mine=speed:fast", "unknown switch 'speed'"),
+        ("mine=precision:fp8", "unknown precision 'fp8'"),
+        ("mine=distributed:ddp", "unknown switch 'distributed'"),
+        ("mine=a@ckpt:full;a@ckpt:none", "repeats row names"),
+        ("mine=every:two", "positive integer"),
+        ("table4=ckpt:full", "clashes with a built-in"),
+    ],
+)
+def test_bad_matrix_specs_name_the_problem(spec: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        build_matrix(spec, "cpu")

@@ -1,0 +1,141 @@
+"""Measurement inside a worker: warm-up until steady, saved-activation bytes, the trainer workload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from dit_repro import flops
+from dit_repro.bench.measure import RowSession, count_saved_activations
+from dit_repro.bench.stats import WarmupPolicy
+from dit_repro.bench.workload import MatmulWorkload, TrainerWorkload, build_workload
+from dit_repro.config import TrainConfig
+
+
+class ScriptedWorkload:
+    """Burns a scripted CPU time per step: a compile-like transient that settles at 2 ms."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def step(self) -> None:
+        deadline = time.process_time() + 0.002 + (0.03 if self.calls < 4 else 0.0)
+        while time.process_time() < deadline:
+            pass
+        self.calls += 1
+
+    def persistent_tensors(self) -> Iterable[torch.Tensor]:
+        return []
+
+
+def test_warmup_runs_past_the_transient_then_timing_appends_every_step() -> None:
+    workload = ScriptedWorkload()
+    session = RowSession(workload, WarmupPolicy(window=3, rel_tol=0.5, min_steps=4, max_steps=40))
+    record = session.warmup()
+    # Steps 0-3 take 32 ms: two windows of the settled 2 ms steps are needed after them.
+    assert record["steady"] and record["steps"] == workload.calls >= 4 + 2 * 3 - 1
+    assert min(record["step_times_s"][:4]) > 0.03
+    block = session.time_block(5)
+    assert block.wall == session.times.wall and len(session.times.wall) == 5
+    session.time_block(2)
+    assert len(session.times.wall) == len(session.times.cpu) == 7 and workload.calls == record["steps"] + 7
+    assert session.clock == "perf_counter"
+    assert min(session.times.cpu) >= 0.002 and min(session.times.wall) >= 0.002
+
+
+def test_injected_slowdown_stretches_the_cpu_time_of_timed_steps_by_the_factor() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as CPU bench rows run: CPU time is then the step's own work
+    try:
+        policy = WarmupPolicy(window=5, rel_tol=0.2, min_steps=10, max_steps=60)
+        plain = RowSession(MatmulWorkload(size=384, batch=256), policy)
+        slowed = RowSession(MatmulWorkload(size=384, batch=256), policy, inject_slowdown=1.5)
+        for session in (plain, slowed):
+            session.warmup()
+        for _ in range(5):  # alternate, so that both see the same machine
+            plain.time_block(4)
+            slowed.time_block(4)
+    finally:
+        torch.set_num_threads(threads)
+    # CPU time of the same matmul step varies by a few percent; the busy-wait adds 50 % of it.
+    ratio = float(np.median(slowed.times.cpu) / np.median(plain.times.cpu))
+    assert 1.35 < ratio < 1.65, ratio
+    with pytest.raises(ValueError, match="inject_slowdown"):
+        RowSession(ScriptedWorkload(), WarmupPolicy(), inject_slowdown=0.9)
+
+
+def test_saved_activation_bytes_are_exact_for_a_linear_chain_and_fall_with_checkpointing() -> None:
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+    x = torch.randn(32, 64, requires_grad=True)
+    activation = 32 * 64 * 4  # one fp32 (32, 64) tensor
+
+    def plain_step() -> None:
+        h = x
+        for _ in range(4):
+            h = layers(h)
+        h.sum().backward()
+
+    def checkpointed_step() -> None:
+        h = x
+        for _ in range(4):
+            h = checkpoint(layers, h, use_reentrant=False)
+        h.sum().backward()
+
+    plain = count_saved_activations(plain_step, layers.parameters())
+    # Per application: the first Linear's input, the GELU input, the second Linear's input.
+    assert plain["bytes"] == 4 * 3 * activation
+    assert plain["storages"] == 12
+    checkpointed = count_saved_activations(checkpointed_step, layers.parameters())
+    # Only each checkpointed region's input stays alive.
+    assert checkpointed["bytes"] == 4 * activation
+    # Parameters are saved for backward too, but are not counted.
+    with_params = count_saved_activations(plain_step, [])
+    assert with_params["bytes"] > plain["bytes"]
+
+
+def _trainer_workload(checkpointing: str) -> TrainerWorkload:
+    cfg = TrainConfig(model="DiT-S/2", data="synthetic:count=8,classes=2", image_size=8, global_batch_size=2,
+                      device="cpu", switches={"checkpointing": checkpointing})
+    return TrainerWorkload.from_config_dict(cfg.to_dict())
+
+
+@pytest.mark.slow
+def test_trainer_workload_describes_itself_and_checkpointing_cuts_saved_activations() -> None:
+    plain, checkpointed = _trainer_workload("none"), _trainer_workload("full")
+    info = plain.describe()
+    assert info["switches"]["checkpointing"] == "none" and info["images_per_step"] == 2
+    assert info["attention"]["backend"] == plain.trainer.resolved_attention["backend"]
+    assert info["train_flops_per_image"] == flops.train_flops_per_image("DiT-S/2", 8, 3, True)
+    assert info["forward_gmacs_per_image"] == flops.forward_macs("DiT-S/2", 8, 3, True).total / 1e9
+    saved = {name: count_saved_activations(w.step, w.persistent_tensors())["bytes"]
+             for name, w in (("none", plain), ("full", checkpointed))}
+    assert 0 < saved["full"] < saved["none"] / 2
+
+
+def test_unknown_workload_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown workload kind"):
+        build_workload({"kind": "gpu-burner"})
+
+
+@pytest.mark.gpu
+def test_cuda_session_times_with_events_and_reads_per_step_peaks() -> None:
+    workload = build_workload({"kind": "matmul", "size": 2048, "batch": 4096, "device": "cuda"})
+    session = RowSession(workload, WarmupPolicy(window=3, rel_tol=0.5, min_steps=6, max_steps=30))
+    session.warmup()
+    times = session.time_block(8)
+    assert session.clock == "cuda-events" and len(times.wall) == 8 and min(times.wall) > 0
+    assert times.cpu is None
+    memory = session.memory_record()
+    assert memory["kind"] == "cuda" and len(memory["per_step_max_allocated_bytes"]) == 8
+    # The step holds at least the weight, its gradient, the input and the (4096, 2048) output.
+    assert memory["max_allocated_bytes"] >= (2 * 2048 * 2048 + 2 * 4096 * 2048) * 4
+    assert memory["max_reserved_bytes"] >= memory["max_allocated_bytes"]
+    assert memory["num_ooms"] == 0
