@@ -15,8 +15,9 @@ from .models import parse_preset
 MLP_RATIO = 4
 DIT_FREQUENCY_EMBEDDING = 256
 
-# Dense bf16 tensor-core peaks in FLOP/s, for MFU.
-PEAK_FLOPS_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+# Dense bf16 tensor-core peaks in FLOP/s, for MFU (datasheets). Checked in order: the PCIe H100
+# (a lower clock and fewer SMs) must match before the SXM part's plain "H100".
+PEAK_FLOPS_BF16 = {"H100 PCIE": 756e12, "A100": 312e12, "H100": 989e12, "H200": 989e12}
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,13 @@ def reference(tmp_path_factory) -> str:
 
 def sample(checkpoint: str, out, seed: int) -> str:
     # Raw weights: after 200 steps an EMA of decay 0.9999 would still be mostly the initialisation.
+    # No clamping of the predicted x0 (the pixel-model default clamps it): clamping at every step
+    # pulls a broken model's predictions back into range and hides most of the damage at N=256
+    # (measured: proxy-FID 18.6 -> 21.9 under a 3-seed threshold of 27.3 with clamping on).
+    # Baseline and candidate share the setting, so the gate still compares like with like.
     argv = [
         "sample", "--checkpoint", checkpoint, "--num", str(NUM), "--out", str(out), "--seed", str(seed),
-        "--sampler", "ddpm", "--steps", "25", "--cfg-scale", "1.0", "--weights", "raw",
+        "--sampler", "ddpm", "--steps", "25", "--cfg-scale", "1.0", "--weights", "raw", "--no-clip-denoised",
         "--batch-size", str(NUM), "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
