@@ -181,8 +181,8 @@ def test_compiled_loss_and_gradients_match_eager_within_reference_rule() -> None
 
 
 def _double_prepare(prepare):
-    def run(batch, device, generator=None):
-        x0, y = prepare(batch, device, generator)
+    def run(batch, device):
+        x0, y = prepare(batch, device)
         return x0.double(), y
 
     return run

@@ -35,19 +35,13 @@ class FeatureSource(ABC):
         self.input_size = input_size
         """Side of the model input: image_size for pixels, image_size // 8 for latents."""
 
-    @abstractmethod
-    def prepare(
-        self,
-        batch: dict[str, torch.Tensor],
-        device: torch.device | str,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, y) on ``device`` from a collated batch.
+    def prepare(self, batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, y) on ``device`` from a collated batch; by default the batch's ``x`` is x0 already.
 
-        ``generator`` is part of the trainer's interface and unused here: every random draw
-        of the data is made in the dataset from ``(seed, epoch, index)``, so it does not depend
-        on the device or on the number of processes.
+        Every random draw of the data is made in the dataset from ``(seed, epoch, index)``, so it
+        depends neither on the device nor on the number of processes.
         """
+        return batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -69,15 +63,6 @@ class PixelSource(FeatureSource):
         self.images = images
         """The image source."""
 
-    def prepare(
-        self,
-        batch: dict[str, torch.Tensor],
-        device: torch.device | str,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move the images and labels to ``device``."""
-        return batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
-
     def describe(self) -> dict[str, Any]:
         """Features, dataset summary and shapes."""
         return {"features": Features.PIXELS.value, "dataset": self.images.summary(), **self._shape_record()}
@@ -95,12 +80,7 @@ class LiveLatentSource(FeatureSource):
         self.vae = vae
         """The frozen VAE, moved to the training device on first use."""
 
-    def prepare(
-        self,
-        batch: dict[str, torch.Tensor],
-        device: torch.device | str,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean + exp(logvar / 2) * eps) * scale_factor`` of the batch's images, with the batch's ``eps``."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -132,15 +112,6 @@ class CachedLatentSource(FeatureSource):
         super().__init__(LatentDataset(cache, seed), num_classes, channels, side)
         self.cache = cache
         """The verified cache."""
-
-    def prepare(
-        self,
-        batch: dict[str, torch.Tensor],
-        device: torch.device | str,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move the drawn latents and labels to ``device``."""
-        return batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
 
     def describe(self) -> dict[str, Any]:
         """Features, cache folder, the cache's VAE and dataset, skipped images and shapes."""
