@@ -207,5 +207,17 @@ def run_bench(request: BenchRequest, log_dir: Path,
 
 
 def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:
-    """``scale`` with the fields the user set (None values are ignored)."""
-    return dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    """``scale`` with the fields the user set (None values are ignored).
+
+    The default scale's notes describe its own model, batch, size and VAE; once any of those is
+    overridden a note saying what actually runs takes the first note's place.
+    """
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    result = dataclasses.replace(scale, **changed)
+    described = ("model", "global_batch_size", "image_size", "vae", "data")
+    if any(getattr(result, key) != getattr(scale, key) for key in described):
+        label = "CPU, custom scale" if scale.smoke else "custom scale"
+        actual = (f"{label}: {result.model}, batch {result.global_batch_size}, {result.image_size} px, "
+                  f"data {result.data}, VAE {result.vae}; only figures measured side by side in this run compare")
+        result = dataclasses.replace(result, notes=(actual, *scale.notes[1:]))
+    return result
