@@ -216,7 +216,7 @@ def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:
     result = dataclasses.replace(scale, **changed)
     described = ("model", "global_batch_size", "image_size", "vae", "data")
     if any(getattr(result, key) != getattr(scale, key) for key in described):
-        label = "CPU, custom scale" if scale.smoke else "custom scale"
+        label = "CPU smoke scale, customised" if scale.smoke else "custom scale"
         actual = (f"{label}: {result.model}, batch {result.global_batch_size}, {result.image_size} px, "
                   f"data {result.data}, VAE {result.vae}; only figures measured side by side in this run compare")
         result = dataclasses.replace(result, notes=(actual, *scale.notes[1:]))
