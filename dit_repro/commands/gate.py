@@ -64,7 +64,10 @@ def _samples_from_results(spec: str) -> tuple[list[float], str]:
     rows = [r for r in results["rows"] if r["status"] == "ok" and r["timing"] and (not row_name or r["name"] == row_name)]
     if not rows:
         raise ResultsError(f"{path} has no ok row{' named ' + repr(row_name) if row_name else ''} with step times")
-    return rows[0]["timing"]["step_times_s"], f"{path} row {rows[0]['name']!r} ({results['device']['name']})"
+    timing = rows[0]["timing"]
+    # The clock the gate compares for this device: CPU time on a CPU, wall time (CUDA events) on a GPU.
+    samples, clock = (timing["cpu_times_s"], "CPU time") if timing.get("cpu_times_s") else (timing["step_times_s"], "wall time")
+    return samples, f"{path} row {rows[0]['name']!r} ({results['device']['name']}, {clock})"
 
 
 def _self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:

@@ -57,14 +57,15 @@ def measure_matmul_samples(count: int = 400, size: int = 512, batch: int = 512, 
     """Time ``count`` steps of a small matmul training step on the CPU after a steady warm-up.
 
     One thread, as the CPU bench rows use: a step then does not wait for a core that another
-    process holds.
+    process holds. The times are process CPU time, the clock the CPU gate compares (wall time on a
+    shared machine carries other processes' load).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         session = RowSession(MatmulWorkload(size=size, batch=batch, seed=seed), WarmupPolicy(window=10, max_steps=300))
         session.warmup()
-        return session.time_block(count).wall
+        return session.time_block(count).gate_clock
     finally:
         torch.set_num_threads(previous)
 
