@@ -6,25 +6,39 @@ seeded; the samples are real, so the rates move a little between machines and ru
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from dit_repro.gate.compare import Thresholds
-from dit_repro.gate.selftest import measure_matmul_samples, requirements_met, run_self_test, self_test_report
+from dit_repro.gate.selftest import requirements_met, run_self_test
 
 
 @pytest.mark.slow
 def test_gate_catches_a_ten_percent_slowdown_and_rarely_cries_wolf() -> None:
-    samples = measure_matmul_samples(count=400)
-    thresholds = Thresholds()
-    estimates = run_self_test(samples, thresholds, n=50, draws=500, factors=(1.00, 1.03, 1.10), seed=0)
-    report = self_test_report(samples, estimates, 50, thresholds, "a matmul step timed by this test")
-    print(report)
-    rates = {round(e.factor, 2): e.rate for e in estimates}
-    assert rates[1.10] >= 0.95, report
-    assert rates[1.00] <= 0.01, report
-    # Below the threshold a change is never a regression more often than one beyond it.
+    """``dit-repro gate --self-test`` in a fresh process, as a user runs it.
+
+    A fresh process matters: inside a long test session the same one-thread matmul step showed a
+    CPU-time IQR of 22% of its median (allocator and thread-pool state left by earlier tests)
+    against 4-7% in a process of its own, and the self-test is about the gate, not that noise.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "dit_repro.cli", "gate", "--self-test", "--draws", "500"],
+        capture_output=True, text=True, timeout=600,
+    )
+    print(done.stdout)
+    # Report rows: | x<factor> | <draws> | <flagged> | ...
+    rates = {
+        float(match.group(1)): int(match.group(3)) / int(match.group(2))
+        for match in re.finditer(r"^\| x(\d\.\d\d) \| (\d+) \| (\d+) \|", done.stdout, flags=re.M)
+    }
+    assert set(rates) >= {1.00, 1.10}, done.stdout + done.stderr
+    assert rates[1.10] >= 0.95, done.stdout
+    assert rates[1.00] <= 0.01, done.stdout
     assert rates[1.03] <= rates[1.10]
-    assert requirements_met(estimates)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_self_test_refuses_too_few_samples_and_needs_both_key_factors() -> None:
