@@ -135,7 +135,6 @@ class Trainer:
             "num_classes": self.source.num_classes,
             "learn_sigma": self.model.learn_sigma,
         }
-        self.class_dropout_prob = 0.1
         self.diffusion = create_diffusion(learn_sigma=self.model.learn_sigma)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         self.ema.module.requires_grad_(False)
@@ -253,7 +252,7 @@ class Trainer:
         n = self.cfg.global_batch_size
         t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen, device=self.device)
         noise = torch.randn((n, *sample_shape), generator=gen, device=self.device)
-        drop = torch.rand(n, generator=gen, device=self.device) < self.class_dropout_prob
+        drop = torch.rand(n, generator=gen, device=self.device) < self.model.class_dropout_prob
         share = slice(self.process.rank, None, self.process.world_size)  # matches DistributedSampler's interleave
         return t[share], noise[share], drop[share]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -30,11 +29,6 @@ class Preset:
     """Attention heads."""
     patch_size: int
     """Side of a square patch in input pixels/latent cells."""
-
-    @property
-    def builder(self) -> Callable[..., nn.Module]:
-        """The model class."""
-        return DiT if self.family == "dit" else UViT
 
 
 PRESETS: dict[str, Preset] = {
