@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dit_repro.bench.runner import MatrixRunner, RowJob, Schedule
+from dit_repro.bench.runner import MatrixRunner, RowJob, Schedule, round_orders
 from dit_repro.bench.stats import WarmupPolicy
 
 POLICY = WarmupPolicy(window=3, rel_tol=0.5, min_steps=6, max_steps=30)
@@ -38,6 +38,20 @@ def test_schedule_blocks_cover_the_timed_steps() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rows", [1, 2, 3, 6])
+def test_interleaved_rounds_are_shuffles_without_a_row_twice_in_a_row(rows: int) -> None:
+    orders = round_orders(rows, 200, seed=3)
+    assert all(sorted(order) == list(range(rows)) for order in orders)
+    sequence = [index for order in orders for index in order]
+    if rows > 1:
+        assert all(a != b for a, b in zip(sequence[:-1], sequence[1:], strict=True))
+    assert orders == round_orders(rows, 200, seed=3)  # seeded: a rerun times the same order
+    if rows >= 3:
+        assert len({tuple(order) for order in orders}) > 1  # not one fixed order
+        predecessors = {order[i - 1] for order in orders for i in range(1, rows) if order[i] == 0}
+        assert len(predecessors) == rows - 1  # row 0 follows every other row at some point
+
+
 def test_interleaved_rows_time_every_step_and_an_oom_row_does_not_stop_the_matrix(tmp_path: Path) -> None:
     # The middle row asks for a 10^7 x 10^7 weight: the allocator refuses it during setup.
     jobs = [_job("a"), _job("huge", size=10**7), _job("b", inject=1.5)]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from .stats import WarmupPolicy
@@ -152,10 +151,13 @@ def _stall(seconds: float, clock: Callable[[], float]) -> None:
 class RowSession:
     """Measures one workload: ``warmup`` once, ``time_block`` as often as the schedule asks, ``finish``.
 
-    ``inject_slowdown`` (test-only) stretches every timed step by (factor - 1) times the median
-    of the last warm-up window, by busy-waiting inside the timed region after the device has
-    finished the step (on a CPU until the process has used that much more CPU time, as slower
-    code would); it exists so that the gate's detection of a slower configuration can be shown.
+    ``inject_slowdown`` (test-only) stretches every timed step by (factor - 1) times that step's
+    own duration, by busy-waiting inside the timed region after the device has finished the step
+    (on a CPU until the process has used that much more CPU time, as slower code would). Scaling
+    each step by its own time makes the slowdown exact whatever the step costs at that moment (a
+    figure taken during the warm-up fell short by about 1 %, as warm-up steps ran with warmer
+    caches than interleaved ones); it exists so that the gate's detection of a slower
+    configuration can be shown.
     """
 
     def __init__(self, workload: Workload, policy: WarmupPolicy, inject_slowdown: float | None = None) -> None:
@@ -175,35 +177,35 @@ class RowSession:
         """Every timed step so far, in order."""
         self.cuda_memory = CudaMemoryTrace()
         """Per-step allocator peaks (CUDA only)."""
-        self._extra_s = 0.0
         self._peak_rss: PeakRss | None = None
 
-    def _timed(self, n: int, extra_s: float) -> StepTimes:
+    def _timed(self, n: int, slowdown: float | None) -> StepTimes:
         if self.on_cuda:
-            return StepTimes(self._timed_cuda(n, extra_s))
+            return StepTimes(self._timed_cuda(n, slowdown))
         times = StepTimes(cpu=[])
         assert times.cpu is not None
         for _ in range(n):
             start, start_cpu = time.perf_counter(), time.process_time()
             self.workload.step()
-            if extra_s:
-                _stall(extra_s, time.process_time)
+            if slowdown is not None:
+                _stall((slowdown - 1.0) * (time.process_time() - start_cpu), time.process_time)
             times.wall.append(time.perf_counter() - start)
             times.cpu.append(time.process_time() - start_cpu)
         return times
 
-    def _timed_cuda(self, n: int, extra_s: float) -> list[float]:
+    def _timed_cuda(self, n: int, slowdown: float | None) -> list[float]:
         device = self.workload.device
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         for start, end in zip(starts, ends, strict=True):
             torch.cuda.reset_peak_memory_stats(device)
             start.record()
+            begun = time.perf_counter()
             self.workload.step()
-            if extra_s:
+            if slowdown is not None:
                 # Stall only once the GPU is idle, so that the events see the added time.
                 torch.cuda.synchronize(device)
-                _stall(extra_s, time.perf_counter)
+                _stall((slowdown - 1.0) * (time.perf_counter() - begun), time.perf_counter)
             end.record()
             self.cuda_memory.allocated.append(int(torch.cuda.max_memory_allocated(device)))
             self.cuda_memory.reserved.append(int(torch.cuda.max_memory_reserved(device)))
@@ -217,12 +219,9 @@ class RowSession:
         """
         times = StepTimes(cpu=None if self.on_cuda else [])
         while not self.policy.is_done(times.gate_clock):
-            times.extend(self._timed(1, 0.0))
+            times.extend(self._timed(1, None))
         if self.on_cuda:
             self.cuda_memory = CudaMemoryTrace()  # warm-up peaks are not the steady state's
-        if self.inject_slowdown is not None:
-            recent = times.gate_clock[-self.policy.window :]
-            self._extra_s = (self.inject_slowdown - 1.0) * float(np.median(recent))
         return {"steps": len(times.wall), "steady": self.policy.is_steady(times.gate_clock),
                 "step_times_s": times.wall, "cpu_times_s": times.cpu}
 
@@ -232,7 +231,7 @@ class RowSession:
             raise ValueError(f"a timed block needs at least one step, got {steps}")
         if self._peak_rss is None and not self.on_cuda:
             self._peak_rss = PeakRss()
-        block = self._timed(steps, self._extra_s)
+        block = self._timed(steps, self.inject_slowdown)
         self.times.extend(block)
         return block
 

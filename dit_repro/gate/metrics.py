@@ -146,21 +146,33 @@ def _relative_time_metrics(base_rows: dict[str, dict], cur_rows: dict[str, dict]
                     f"{MIN_ROWS_FOR_RELATIVE_TIME} needed to tell one row's change from the machine's speed"]
     base = RunSamples({n: base_rows[n]["timing"][clock] for n in names}, blocks[0])
     cur = RunSamples({n: cur_rows[n]["timing"][clock] for n in names}, blocks[1])
-    point = np.array([np.median(cur.rows[n]) / np.median(base.rows[n]) for n in names])
-    machine = float(np.median(point))
-    notes = [f"machine speed factor (median change of the {len(names)} timed rows' step times): x{machine:.3f}"]
-    out = {}
-    for name in names:
-        def change(b: dict[str, np.ndarray], c: dict[str, np.ndarray], row: str = name) -> np.ndarray:
-            per_row = np.stack([c[n] / b[n] for n in names])  # (rows, resamples)
-            return (c[row] / b[row]) / np.median(per_row, axis=0)
+    notes = [f"machine speed factor (median change of the {len(names)} timed rows' step times): "
+             f"x{machine_speed_factor(base, cur):.3f}"]
+    return {name: relative_time_comparison(name, base, cur, inputs, rng) for name in names}, notes
 
-        out[name] = compare_bootstrap(
-            f"{name}: step time relative to the run", "s", change, base, cur,
-            (float(np.median(base.rows[name])), float(np.median(cur.rows[name]))), inputs.thresholds.time,
-            inputs.thresholds.alpha, higher_is_better=False, resamples=inputs.resamples, rng=rng,
-            note="bootstrap; change divided by the machine speed factor")
-    return out, notes
+
+def machine_speed_factor(base: RunSamples, cur: RunSamples) -> float:
+    """Median over the rows of each row's change of median step time (current / baseline)."""
+    return float(np.median([np.median(cur.rows[n]) / np.median(base.rows[n]) for n in base.rows]))
+
+
+def relative_time_comparison(name: str, base: RunSamples, cur: RunSamples, inputs: GateInputs,
+                             rng: np.random.Generator) -> Comparison:
+    """Row ``name``'s step-time change divided by the machine speed factor, judged by a block bootstrap.
+
+    ``base`` and ``cur`` hold the same rows (at least MIN_ROWS_FOR_RELATIVE_TIME).
+    """
+    names = list(base.rows)
+
+    def change(b: dict[str, np.ndarray], c: dict[str, np.ndarray]) -> np.ndarray:
+        per_row = np.stack([c[n] / b[n] for n in names])  # (rows, resamples)
+        return (c[name] / b[name]) / np.median(per_row, axis=0)
+
+    return compare_bootstrap(
+        f"{name}: step time relative to the run", "s", change, base, cur,
+        (float(np.median(base.rows[name])), float(np.median(cur.rows[name]))), inputs.thresholds.time,
+        inputs.thresholds.alpha, higher_is_better=False, resamples=inputs.resamples, rng=rng,
+        note="bootstrap; change divided by the machine speed factor")
 
 
 def _ratio_metrics(ratios: list[dict[str, Any]], base_rows: dict[str, dict], cur_rows: dict[str, dict],
