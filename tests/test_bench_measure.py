@@ -136,3 +136,20 @@ def test_cuda_session_times_with_events_and_reads_per_step_peaks() -> None:
     assert memory["max_allocated_bytes"] >= (2 * 2048 * 2048 + 2 * 4096 * 2048) * 4
     assert memory["max_reserved_bytes"] >= memory["max_allocated_bytes"]
     assert memory["num_ooms"] == 0
+
+
+@pytest.mark.gpu
+def test_cuda_injected_slowdown_shows_in_the_event_times() -> None:
+    # The stall waits (factor - 1) times the step's own synchronised wall time after the GPU is
+    # idle, so the events see about 1.5x; the host's launch overhead before the first kernel is
+    # inside the stall's reference but outside the events, hence the band rather than equality.
+    policy = WarmupPolicy(window=3, rel_tol=0.5, min_steps=6, max_steps=30)
+    sessions = [RowSession(build_workload({"kind": "matmul", "size": 2048, "batch": 4096, "device": "cuda"}), policy,
+                           inject_slowdown=factor) for factor in (None, 1.5)]
+    for session in sessions:
+        session.warmup()
+    for _ in range(4):
+        for session in sessions:
+            session.time_block(5)
+    ratio = float(np.median(sessions[1].times.wall) / np.median(sessions[0].times.wall))
+    assert 1.4 < ratio < 1.65, ratio

@@ -14,8 +14,9 @@ from typing import Any
 
 from .schema import ResultsError, write_results
 
-FAILED_STATUSES = ("error", "crashed", "timeout")
-"""Row statuses a baseline may not contain: they are faults, not results (oom and unavailable are results)."""
+FAILED_STATUSES = ("error", "crashed", "timeout", "not_run")
+"""Row statuses a baseline may not contain: faults, or a row the bench never finished (oom and
+unavailable are results)."""
 
 
 def model_slug(model: str) -> str:

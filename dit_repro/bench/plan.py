@@ -10,6 +10,8 @@ numbers say nothing about the paper, and the CPU gate uses only machine-independ
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from .latent_cache import build_temporary_cache
 from .matrices import Matrix
 from .results import device_block, results_document
 from .runner import WORKER_COMMAND, MatrixRunner, RowJob, Schedule
-from .schema import validate_results
+from .schema import validate_results, write_results
 from .stats import WarmupPolicy
 
 
@@ -87,7 +89,8 @@ SMOKE_SCALE = BenchScale(
     data="synthetic:count=64,classes=10", vae="tiny-random", num_classes=None, threads=1, smoke=True,
     notes=("CPU smoke scale: DiT-S/2, batch 8, 32 px, the tiny random test VAE, one thread per row; absolute "
            "numbers say nothing about the paper (DiT-XL/2, batch 128, 256 px on A100s)",
-           "rows are interleaved in blocks so that machine drift cancels in ratios between rows"),
+           "rows are interleaved in blocks, in a fresh shuffled order every round, so that machine drift "
+           "cancels in ratios between rows"),
 )
 """A few minutes on a CPU; checks that everything runs and gates machine-independent figures."""
 
@@ -171,21 +174,38 @@ class BenchRequest:
 
 
 def default_environment(device_type: str) -> dict[str, Any]:
-    """dit_repro.envinfo's fingerprint of the device type (versions, driver, git commit, attention)."""
-    from dit_repro.envinfo import environment_fingerprint
+    """dit_repro.envinfo's fingerprint of the device type (versions, driver, git commit, attention).
 
-    return environment_fingerprint(device_type)
+    Taken by ``dit-repro env --json`` in a child process: its attention probes then leave no CUDA
+    context or cached blocks in this process while the rows run.
+    """
+    command = [sys.executable, "-m", "dit_repro.cli", "env", "--device", device_type, "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the environment fingerprint failed ({' '.join(command)}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
 
 
 def run_bench(request: BenchRequest, log_dir: Path,
               environment: Callable[[str], dict[str, Any]] = default_environment,
-              worker_command: tuple[str, ...] = WORKER_COMMAND) -> dict[str, Any]:
+              worker_command: tuple[str, ...] = WORKER_COMMAND, partial_out: Path | None = None) -> dict[str, Any]:
     """Run every row and return the validated results document.
 
-    ``environment`` maps the device type to the fingerprint; it is taken after the rows, so that
-    its CUDA probes cannot hold device memory while they run.
+    ``environment`` maps the device type to the fingerprint; it is taken before the rows (see
+    default_environment). With ``partial_out``, the results so far are written there atomically
+    after every finished row, the rows still to come marked ``not_run``: a bench killed by a CI
+    time limit keeps the rows it measured, and the gate fails the rest instead of losing all.
     """
     scale = request.scale
+    fingerprint = environment(request.device_type)
+    name, count = device_identity(request.device_type)
+
+    def document(jobs: list[RowJob]) -> dict[str, Any]:
+        return results_document(
+            command=request.command, matrix=request.matrix, scale=scale.to_dict(),
+            device=device_block(request.device_type, name, count, request.peak_flops), environment=fingerprint,
+            jobs=jobs)
+
     schedule = Schedule(scale.schedule, scale.timed_steps, scale.block_steps, scale.warmup, request.timeout_s)
     runner = MatrixRunner(schedule, log_dir, worker_command)
     with tempfile.TemporaryDirectory(prefix="dit-repro-bench-cache-") as tmp:
@@ -196,14 +216,14 @@ def run_bench(request: BenchRequest, log_dir: Path,
                 Path(tmp) / "cache", data=scale.data, vae=scale.vae, image_size=scale.image_size,
                 device=request.device_type, batch_size=min(scale.global_batch_size, 32)))
         jobs = request.jobs(cache_dir)
-        runner.run(jobs)
-    name, count = device_identity(request.device_type)
-    document = results_document(
-        command=request.command, matrix=request.matrix, scale=scale.to_dict(),
-        device=device_block(request.device_type, name, count, request.peak_flops),
-        environment=environment(request.device_type), jobs=jobs,
-    )
-    return validate_results(document, source="the results of this run")
+
+        def write_partial(_: RowJob | None = None) -> None:
+            if partial_out is not None and any(job.active for job in jobs):
+                write_results(partial_out, document(jobs))
+
+        write_partial()  # every row not_run yet: no earlier run's file can pass for this one's
+        runner.run(jobs, on_row_done=write_partial)
+    return validate_results(document(jobs), source="the results of this run")
 
 
 def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:

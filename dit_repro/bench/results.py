@@ -73,8 +73,16 @@ def compute_block(info: dict[str, Any], median_s: float, peak_flops_per_s: float
     }
 
 
+NOT_RUN_ERROR = {"type": "NotRun", "message": "the bench stopped before this row finished (partial results)"}
+"""The error of a row that had not finished when partial results were written."""
+
+
 def row_record(job: RowJob, peak_flops_per_s: float | None) -> dict[str, Any]:
-    """One row of the results document."""
+    """One row of the results document; a row still running or waiting is ``not_run``."""
+    if job.active:
+        return {"name": job.name, "status": "not_run", "error": dict(NOT_RUN_ERROR), "switches": job.switches,
+                "config": None, "attention": None, "injected_slowdown": job.inject_slowdown, "warmup": None,
+                "timing": None, "compute": None, "memory": None, "saved_activations": None, "notes": []}
     timing = compute = None
     if job.status == "ok" and job.times:
         timing = timing_block(job.times, job.cpu_times, job.info["clock"], job.info["images_per_step"])

@@ -29,7 +29,7 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,14 +234,20 @@ class MatrixRunner:
         self.progress = progress
         """Stream for progress lines."""
 
-    def run(self, jobs: list[RowJob]) -> list[RowJob]:
-        """Run every job; each ends with a status. Returns ``jobs``."""
+    def run(self, jobs: list[RowJob], on_row_done: Callable[[RowJob], None] | None = None) -> list[RowJob]:
+        """Run every job; each ends with a status. Returns ``jobs``.
+
+        ``on_row_done`` is called after each row has its final status (after every row on the
+        sequential schedule, at the end on the interleaved one), e.g. to write partial results.
+        """
+        done = on_row_done or (lambda job: None)
         if self.schedule.kind == "sequential":
             for job in jobs:
                 self._start(job)
                 self._prepare(job)
                 self._time_blocks([job])
                 self._finish(job)
+                done(job)
         else:
             for job in jobs:
                 self._start(job)
@@ -250,6 +256,7 @@ class MatrixRunner:
             self._time_blocks(jobs)
             for job in jobs:
                 self._finish(job)
+                done(job)
         return jobs
 
     def say(self, text: str) -> None:

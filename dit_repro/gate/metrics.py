@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dit_repro.bench.baselines import FAILED_STATUSES
+
 from .compare import (
     Comparison,
     RunSamples,
@@ -68,7 +70,7 @@ def _status_comparison(name: str, base_row: dict[str, Any], cur_row: dict[str, A
     if cur_row is None:
         return _fail(metric, "", None, None, thr.time, "row is in the baseline but missing from the results")
     base_status, cur_status = base_row["status"], cur_row["status"]
-    if cur_status in ("error", "crashed", "timeout"):
+    if cur_status in FAILED_STATUSES:
         message = (cur_row["error"] or {}).get("message", "").splitlines()
         return _fail(metric, "", None, None, thr.time, f"{cur_status}: {message[0] if message else 'no message'}")
     if base_status == cur_status == "ok":
