@@ -36,7 +36,7 @@ from torchvision.io import ImageReadMode, read_image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from dit_repro.atomic import write_bytes_atomic, write_json_atomic
+from dit_repro.atomic import atomic_write, write_bytes_atomic, write_json_atomic
 from dit_repro.checkpoint import CheckpointError, load_checkpoint
 from dit_repro.config import ConfigError, Features, Precision, TrainConfig
 from dit_repro.data.manifest import read_manifest
@@ -200,9 +200,13 @@ def pack_npz(out_dir: Path, num: int) -> Path | None:
     if not all(file.is_file() for file in files):
         return None
     images = np.stack([np.asarray(Image.open(file).convert("RGB")) for file in files])
-    buffer = io.BytesIO()
-    np.savez(buffer, arr_0=images)
-    return write_bytes_atomic(out_dir / npz_name(num, *images.shape[1:]), buffer.getvalue())
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a bare name
+            np.savez(handle, arr_0=images)
+
+    # Streamed to the file: a 50K set at 256 px is 9.8 GB, and a buffer would hold it twice.
+    return atomic_write(out_dir / npz_name(num, *images.shape[1:]), write)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -173,6 +173,10 @@ class BenchRequest:
         return jobs
 
 
+class EnvironmentProbeError(RuntimeError):
+    """The environment fingerprint could not be taken."""
+
+
 def default_environment(device_type: str) -> dict[str, Any]:
     """dit_repro.envinfo's fingerprint of the device type (versions, driver, git commit, attention).
 
@@ -182,7 +186,7 @@ def default_environment(device_type: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "dit_repro.cli", "env", "--device", device_type, "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        raise RuntimeError(f"the environment fingerprint failed ({' '.join(command)}): {done.stderr.strip()[-2000:]}")
+        raise EnvironmentProbeError(f"the environment fingerprint failed ({' '.join(command)}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from dit_repro.bench.baselines import record_baseline
 from dit_repro.bench.matrices import BUILTIN_MATRICES, build_matrix
-from dit_repro.bench.plan import BenchRequest, default_scale, resolve_device_type, run_bench, with_overrides
+from dit_repro.bench.plan import (
+    BenchRequest,
+    EnvironmentProbeError,
+    default_scale,
+    resolve_device_type,
+    run_bench,
+    with_overrides,
+)
 from dit_repro.bench.report import plot_results, results_markdown
 from dit_repro.bench.runner import SCHEDULES
 from dit_repro.bench.schema import ResultsError, write_results, write_text_atomic
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"results: {args.out}\nplot: {plot}")
         if args.record is not None:
             print(f"baseline written: {record_baseline(results, args.record)} (review it, then commit it)")
-    except (ConfigError, ResultsError, ValueError) as exc:
+    except (ConfigError, ResultsError, ValueError, EnvironmentProbeError) as exc:
         print(f"dit-repro bench: error: {exc}", file=sys.stderr)
         return 2
     return 0
