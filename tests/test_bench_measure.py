@@ -50,20 +50,36 @@ def test_warmup_runs_past_the_transient_then_timing_appends_every_step() -> None
     assert min(session.times.cpu) >= 0.002 and min(session.times.wall) >= 0.002
 
 
-def test_injected_slowdown_stretches_the_cpu_time_of_every_timed_step_by_the_factor() -> None:
-    # The scripted step burns 2 ms of CPU time; the injection busy-waits until the process has used
-    # half of what the step itself took, so every slowed step costs at least 1.5 x 2 ms of CPU time.
-    policy = WarmupPolicy(window=3, rel_tol=0.5, min_steps=4, max_steps=40)
-    plain, slowed = RowSession(ScriptedWorkload(), policy), RowSession(ScriptedWorkload(), policy, inject_slowdown=1.5)
+class AlternatingWorkload(ScriptedWorkload):
+    """Burns 2 ms and 6 ms of CPU time by turns: a stretch taken from any typical step would miss both."""
+
+    def step(self) -> None:
+        deadline = time.process_time() + (0.002 if self.calls % 2 == 0 else 0.006)
+        while time.process_time() < deadline:
+            pass
+        self.calls += 1
+
+
+def test_injected_slowdown_stretches_every_timed_step_by_the_factor_of_its_own_time() -> None:
+    # The injection busy-waits until the process has used half of what the step itself took, so a
+    # 2 ms step costs 3 ms and a 6 ms step 9 ms; a stretch from the warm-up median (4 ms) would
+    # make them 4 ms and 8 ms.
+    policy = WarmupPolicy(window=4, rel_tol=0.5, min_steps=4, max_steps=40)
+    plain = RowSession(AlternatingWorkload(), policy)
+    slowed = RowSession(AlternatingWorkload(), policy, inject_slowdown=1.5)
+    by_length = []
     for session in (plain, slowed):
-        session.warmup()
-        session.time_block(10)
-    assert min(plain.times.cpu) >= 0.002
-    assert min(slowed.times.cpu) >= 1.5 * 0.002
+        first = session.warmup()["steps"] % 2  # index of the first timed 2 ms step
+        session.time_block(20)
+        by_length.append((session.times.cpu[first::2], session.times.cpu[1 - first::2]))
+    (plain_short, plain_long), (short, long) = by_length
+    assert min(plain_short) >= 0.002 and min(plain_long) >= 0.006
+    assert min(short) >= 1.5 * 0.002 and min(long) >= 1.5 * 0.006
     # Busy-waits on the process's CPU clock overshoot by one loop iteration, not by a share of the
-    # step: the ratio of medians is 1.5 up to that (bounded here by 5 %, about 100 us per step).
-    ratio = float(np.median(slowed.times.cpu) / np.median(plain.times.cpu))
-    assert 1.5 * 0.95 < ratio < 1.5 * 1.05, ratio
+    # step: each slowed median is 1.5x its plain one up to that (bounded here by 5 %).
+    for plain_steps, slowed_steps in ((plain_short, short), (plain_long, long)):
+        ratio = float(np.median(slowed_steps) / np.median(plain_steps))
+        assert 1.5 * 0.95 < ratio < 1.5 * 1.05, ratio
     with pytest.raises(ValueError, match="inject_slowdown"):
         RowSession(ScriptedWorkload(), WarmupPolicy(), inject_slowdown=0.9)
 

@@ -83,3 +83,10 @@ def test_between_run_self_test_refuses_too_few_runs_or_rows() -> None:
         time_identical_rows(3, rows=2)
     with pytest.raises(ValueError, match="same rows"):
         between_run_rates([RunSamples({"a": [1.0] * 4}, 2), RunSamples({"b": [1.0] * 4}, 2)], Thresholds())
+
+
+def test_between_runs_below_two_is_a_usage_error_before_anything_is_timed() -> None:
+    done = subprocess.run([sys.executable, "-m", "dit_repro.cli", "gate", "--self-test", "--between-runs", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--between-runs needs at least 2 runs" in done.stderr and "timing" not in done.stderr

@@ -152,12 +152,14 @@ class RowSession:
     """Measures one workload: ``warmup`` once, ``time_block`` as often as the schedule asks, ``finish``.
 
     ``inject_slowdown`` (test-only) stretches every timed step by (factor - 1) times that step's
-    own duration, by busy-waiting inside the timed region after the device has finished the step
-    (on a CPU until the process has used that much more CPU time, as slower code would). Scaling
-    each step by its own time makes the slowdown exact whatever the step costs at that moment (a
-    figure taken during the warm-up fell short by about 1 %, as warm-up steps ran with warmer
-    caches than interleaved ones); it exists so that the gate's detection of a slower
-    configuration can be shown.
+    own duration, by busy-waiting inside the timed region after the device has finished the step;
+    it exists so that the gate's detection of a slower configuration can be shown. On a CPU the
+    wait runs until the process has used that much more CPU time, as slower code would, and the
+    factor is exact whatever the step costs at that moment (a figure taken during the warm-up fell
+    short by about 1 %: warm-up steps ran with warmer caches than interleaved ones). On a GPU the
+    reference is the step's synchronised host time, launch latency included, and the per-step
+    synchronisation gives up the overlap of host and device: the factor seen by the CUDA events
+    is somewhat above the one asked for.
     """
 
     def __init__(self, workload: Workload, policy: WarmupPolicy, inject_slowdown: float | None = None) -> None:

@@ -184,7 +184,10 @@ def default_environment(device_type: str) -> dict[str, Any]:
     context or cached blocks in this process while the rows run.
     """
     command = [sys.executable, "-m", "dit_repro.cli", "env", "--device", device_type, "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise EnvironmentProbeError(f"the environment fingerprint ({' '.join(command)}) took over 600 s") from exc
     if done.returncode != 0:
         raise EnvironmentProbeError(f"the environment fingerprint failed ({' '.join(command)}): {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
@@ -197,12 +200,19 @@ def run_bench(request: BenchRequest, log_dir: Path,
 
     ``environment`` maps the device type to the fingerprint; it is taken before the rows (see
     default_environment). With ``partial_out``, the results so far are written there atomically
-    after every finished row, the rows still to come marked ``not_run``: a bench killed by a CI
-    time limit keeps the rows it measured, and the gate fails the rest instead of losing all.
+    before the first row and after every finished row, the rows still to come marked ``not_run``.
+    On the sequential schedule (the GPU default) a bench killed by a CI time limit thus keeps the
+    rows it measured, and the gate fails the rest; interleaved rows all finish at the end, so a
+    killed interleaved run leaves every row ``not_run``.
     """
     scale = request.scale
     fingerprint = environment(request.device_type)
-    name, count = device_identity(request.device_type)
+    # From the child's fingerprint where it has them: asking torch here would initialise CUDA in
+    # this process, which is what taking the fingerprint in a child avoids.
+    if "device_name" in fingerprint and "device_count" in fingerprint:
+        name, count = fingerprint["device_name"], fingerprint["device_count"]
+    else:
+        name, count = device_identity(request.device_type)
 
     def document(jobs: list[RowJob]) -> dict[str, Any]:
         return results_document(

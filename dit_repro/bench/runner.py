@@ -8,11 +8,12 @@ steps in turn, in a fresh seeded shuffle every round. Slow drifts of the machine
 thermal state) then fall on all rows alike and cancel in ratios between rows. Only one worker
 computes at any moment; the others wait on their pipe. This is the CPU schedule.
 
-The shuffle never lets a row time two blocks back to back across a round boundary: a row that
-follows itself finds its own data still in the caches, which made the first and last rows of a
-fixed or reversed order measurably faster than identical rows in the middle (about 5-10 % on a
-2-core VM). Shuffling also gives every row a varying predecessor, so no row always inherits the
-caches of the same neighbour.
+The shuffle never lets a row time two blocks back to back (across a round boundary, after the
+warm-up, or when a row that failed drops out): a row that follows itself finds its own data still
+in the caches, which made the first and last rows of a fixed or reversed order measurably faster
+than identical rows in the middle (about 5-10 % on a 2-core VM). Shuffling also gives every row a
+varying predecessor, so no row always inherits the caches of the same neighbour. Two rows simply
+alternate.
 
 A row that runs out of memory is a result (``oom``) and the matrix goes on; so is one whose
 worker raises (``error``), dies (``crashed``) or stops answering (``timeout``).
@@ -20,6 +21,7 @@ worker raises (``error``), dies (``crashed``) or stops answering (``timeout``).
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -42,6 +44,9 @@ WORKER_COMMAND = (sys.executable, "-m", "dit_repro.bench.worker")
 """How a worker process is started."""
 
 _STDERR_TAIL_CHARS = 4000
+
+ORDER_SEED = 0
+"""Seed of the interleaved schedule's shuffles: a rerun times the rows in the same order."""
 
 
 class WorkerFailure(RuntimeError):
@@ -201,18 +206,14 @@ class Schedule:
         return sizes
 
 
-def round_orders(rows: int, rounds: int, seed: int = 0) -> list[list[int]]:
-    """Row indices per round of an interleaved schedule: a seeded shuffle every round in which the
-    first row never equals the previous round's last (no row times two blocks back to back)."""
-    rng = random.Random(seed)
-    orders: list[list[int]] = []
-    for _ in range(rounds):
-        order = list(range(rows))
-        rng.shuffle(order)
-        if orders and rows > 1 and order[0] == orders[-1][-1]:
-            order[0], order[-1] = order[-1], order[0]
-        orders.append(order)
-    return orders
+def round_order(rng: random.Random, rows: Sequence[int], previous: int | None) -> list[int]:
+    """One round of an interleaved schedule: a shuffle of ``rows`` (the indices still running) whose
+    first entry is not ``previous``, the row that computed last, whenever another row is left."""
+    order = list(rows)
+    rng.shuffle(order)
+    if len(order) > 1 and order[0] == previous:
+        order[0], order[-1] = order[-1], order[0]
+    return order
 
 
 def log_name(row_name: str) -> str:
@@ -302,13 +303,19 @@ class MatrixRunner:
         self.say(f"{job.name}: {job.warmup['steps']} warm-up steps, {steady}")
 
     def _time_blocks(self, jobs: list[RowJob]) -> None:
-        blocks = self.schedule.blocks()
-        for steps, order in zip(blocks, round_orders(len(jobs), len(blocks)), strict=True):
-            for job in (jobs[i] for i in order):
-                if not job.active:
-                    continue
+        rng = random.Random(ORDER_SEED)
+        previous = len(jobs) - 1  # the last row warmed up just before the first round
+        for steps in self.schedule.blocks():
+            queue = collections.deque(round_order(rng, [i for i, job in enumerate(jobs) if job.active], previous))
+            while queue:
+                index = queue.popleft()
+                if index == previous and queue:  # the row between them failed: keep them apart
+                    queue.append(index)
+                    index = queue.popleft()
+                job = jobs[index]
                 reply = self._ask(job, {"op": "time", "steps": steps})
                 if reply is not None:
+                    previous = index
                     job.times.extend(reply["times"])
                     if reply.get("cpu_times") is not None:
                         job.cpu_times = (job.cpu_times or []) + reply["cpu_times"]

@@ -92,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--row-timeout", type=float, default=3600.0, help="seconds to wait for any one worker reply")
     parser.add_argument("--out", type=Path, default=Path("bench-out/results.json"),
                         help="results JSON (default bench-out/results.json), rewritten after every finished row with "
-                             "the rows still to come as not_run, so a killed run keeps what it measured; "
-                             "results.md/.png and logs/ go beside it")
+                             "the rows still to come as not_run, so a killed sequential run (the GPU default) keeps "
+                             "what it measured; results.md/.png and logs/ go beside it")
     parser.add_argument("--record", nargs="?", const=Path("baselines"), type=Path, default=None, metavar="BASELINES",
                         help="also write the results as this device's baseline under BASELINES (default baselines/); "
                              "review and commit it")
@@ -121,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
         if scale.smoke:
             print(f"[bench] {scale.notes[0]}", file=sys.stderr)
         # Partial results after every finished row: a run killed by a time limit keeps what it measured.
-        # An earlier run's file goes first, so that a run killed before its first write leaves none.
-        args.out.unlink(missing_ok=True)
+        # An earlier run's files go first, so that a killed run leaves nothing that contradicts it.
+        for stale in (args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png")):
+            stale.unlink(missing_ok=True)
         results = run_bench(request, args.out.parent / "logs", partial_out=args.out)
         write_results(args.out, results)
         markdown = results_markdown(results)

@@ -76,6 +76,8 @@ def _samples_from_results(spec: str) -> tuple[list[float], str]:
 
 
 def _self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:
+    if args.between_runs and args.between_runs < 2:
+        raise ValueError(f"--between-runs needs at least 2 runs to compare, got {args.between_runs}")
     if args.samples:
         samples, source = _samples_from_results(args.samples)
     else:
@@ -86,7 +88,11 @@ def _self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:
     print(self_test_report(samples, estimates, args.steps_per_run, thresholds, source), end="")
     met = requirements_met(estimates)
     if args.between_runs:
-        runs = time_identical_rows(args.between_runs, progress=sys.stderr)
+        try:
+            runs = time_identical_rows(args.between_runs, progress=sys.stderr)
+        except RuntimeError as exc:  # a worker failed: no measurement, not a regression
+            print(f"dit-repro gate: error: {exc}", file=sys.stderr)
+            return EXIT_DATA_ERROR
         across = between_run_rates(runs, thresholds, seed=args.seed)
         print()
         print(between_runs_report(runs, across, thresholds, "384x384 matmul step, batch 512, one thread, CPU time"),
