@@ -19,6 +19,12 @@ FAILED_STATUSES = ("error", "crashed", "timeout", "not_run")
 unavailable are results)."""
 
 
+def failure_summary(row: dict[str, Any]) -> str:
+    """``<status>: <first line of the error message>`` of a failed row."""
+    message = ((row["error"] or {}).get("message") or "").splitlines()
+    return f"{row['status']}: {message[0] if message else 'no message'}"
+
+
 def model_slug(model: str) -> str:
     """``DiT-XL/2`` -> ``dit-xl2``."""
     return re.sub(r"[^a-z0-9-]+", "", model.lower())

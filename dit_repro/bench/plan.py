@@ -111,15 +111,6 @@ def resolve_device_type(spec: str) -> str:
     return spec
 
 
-def device_identity(device_type: str) -> tuple[str, int]:
-    """(name, count) of the device, without creating a CUDA context in this process."""
-    if device_type == "cuda":
-        return torch.cuda.get_device_name(0), torch.cuda.device_count()
-    from dit_repro.envinfo import device_name
-
-    return device_name(torch.device("cpu")), 1
-
-
 @dataclass
 class BenchRequest:
     """Everything ``dit-repro bench`` was asked for."""
@@ -207,12 +198,9 @@ def run_bench(request: BenchRequest, log_dir: Path,
     """
     scale = request.scale
     fingerprint = environment(request.device_type)
-    # From the child's fingerprint where it has them: asking torch here would initialise CUDA in
-    # this process, which is what taking the fingerprint in a child avoids.
-    if "device_name" in fingerprint and "device_count" in fingerprint:
-        name, count = fingerprint["device_name"], fingerprint["device_count"]
-    else:
-        name, count = device_identity(request.device_type)
+    # The device's name and count from the child's fingerprint: asking torch here would initialise
+    # CUDA in this process, which is what taking the fingerprint in a child avoids.
+    name, count = fingerprint["device_name"], fingerprint["device_count"]
 
     def document(jobs: list[RowJob]) -> dict[str, Any]:
         return results_document(

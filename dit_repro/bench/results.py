@@ -79,18 +79,15 @@ NOT_RUN_ERROR = {"type": "NotRun", "message": "the bench stopped before this row
 
 def row_record(job: RowJob, peak_flops_per_s: float | None) -> dict[str, Any]:
     """One row of the results document; a row still running or waiting is ``not_run``."""
-    if job.active:
-        return {"name": job.name, "status": "not_run", "error": dict(NOT_RUN_ERROR), "switches": job.switches,
-                "config": None, "attention": None, "injected_slowdown": job.inject_slowdown, "warmup": None,
-                "timing": None, "compute": None, "memory": None, "saved_activations": None, "notes": []}
+    status, error = ("not_run", dict(NOT_RUN_ERROR)) if job.active else (job.status, job.error)
     timing = compute = None
-    if job.status == "ok" and job.times:
+    if status == "ok" and job.times:
         timing = timing_block(job.times, job.cpu_times, job.info["clock"], job.info["images_per_step"])
         compute = compute_block(job.info, timing["median_s"], peak_flops_per_s)
     return {
         "name": job.name,
-        "status": job.status,
-        "error": job.error,
+        "status": status,
+        "error": error,
         "switches": job.info.get("switches") or job.switches,
         "config": job.info.get("config"),
         "attention": job.info.get("attention"),

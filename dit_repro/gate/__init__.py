@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dit_repro.bench.baselines import FAILED_STATUSES, baseline_path, check_same_setup
+from dit_repro.bench.baselines import FAILED_STATUSES, baseline_path, check_same_setup, failure_summary
 from dit_repro.bench.schema import ResultsError, load_results, write_text_atomic
 
 from .compare import Comparison, Thresholds, Verdict
@@ -65,9 +65,8 @@ def _crash_comparisons(results: dict[str, Any], thresholds: Thresholds) -> list[
     out = []
     for row in results["rows"]:
         if row["status"] in FAILED_STATUSES:
-            message = ((row["error"] or {}).get("message") or "").splitlines()
             out.append(Comparison(f"{row['name']}: status", "", None, None, None, None, Verdict.FAIL, thresholds.time,
-                                  f"{row['status']}: {message[0] if message else 'no message'}"))
+                                  failure_summary(row)))
     return out
 
 

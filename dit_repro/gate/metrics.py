@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dit_repro.bench.baselines import FAILED_STATUSES
+from dit_repro.bench.baselines import FAILED_STATUSES, failure_summary
 
 from .compare import (
     Comparison,
@@ -71,8 +71,7 @@ def _status_comparison(name: str, base_row: dict[str, Any], cur_row: dict[str, A
         return _fail(metric, "", None, None, thr.time, "row is in the baseline but missing from the results")
     base_status, cur_status = base_row["status"], cur_row["status"]
     if cur_status in FAILED_STATUSES:
-        message = (cur_row["error"] or {}).get("message", "").splitlines()
-        return _fail(metric, "", None, None, thr.time, f"{cur_status}: {message[0] if message else 'no message'}")
+        return _fail(metric, "", None, None, thr.time, failure_summary(cur_row))
     if base_status == cur_status == "ok":
         return None
     if base_status == cur_status:  # both oom, or both unavailable: the same result

@@ -51,6 +51,17 @@ class RateEstimate:
         """Share of draws flagged."""
         return self.flagged / self.draws
 
+    @classmethod
+    def from_counts(cls, factor: float, draws: int, flagged: int) -> RateEstimate:
+        """The estimate with its exact (Clopper-Pearson) 95 % interval."""
+        interval = stats.binomtest(flagged, draws).proportion_ci(confidence_level=0.95, method="exact")
+        return cls(factor, draws, flagged, float(interval.low), float(interval.high))
+
+    def table_row(self) -> str:
+        """``| x1.10 | draws | flagged | rate | interval |``, as both self-test reports print it."""
+        return (f"| x{self.factor:.2f} | {self.draws} | {self.flagged} | {self.rate:.1%} | "
+                f"{self.ci_low:.1%} - {self.ci_high:.1%} |")
+
 
 def measure_matmul_samples(count: int = 400, size: int = 512, batch: int = 512, threads: int = 1,
                            seed: int = 0) -> list[float]:
@@ -87,8 +98,7 @@ def run_self_test(samples: Sequence[float], thresholds: Thresholds, n: int = 50,
             current = rng.choice(pool, size=n, replace=True) * factor
             result = compare_samples("self-test", "s", baseline, current, thresholds.time, thresholds.alpha)
             flagged += result.verdict is Verdict.REGRESSION
-        interval = stats.binomtest(flagged, draws).proportion_ci(confidence_level=0.95, method="exact")
-        estimates.append(RateEstimate(factor, draws, flagged, float(interval.low), float(interval.high)))
+        estimates.append(RateEstimate.from_counts(factor, draws, flagged))
     return estimates
 
 
@@ -115,8 +125,7 @@ def self_test_report(samples: Sequence[float], estimates: Sequence[RateEstimate]
         "| slowdown | draws | flagged as regression | rate | 95% CI |",
         "|---|---|---|---|---|",
     ]
-    for e in estimates:
-        lines.append(f"| x{e.factor:.2f} | {e.draws} | {e.flagged} | {e.rate:.1%} | {e.ci_low:.1%} - {e.ci_high:.1%} |")
+    lines += [e.table_row() for e in estimates]
     ok = requirements_met(estimates)
     lines += ["", f"requirement (x1.10 caught >= {REQUIRED_DETECTION:.0%}, x1.00 flagged <= {MAX_FALSE_ALARMS:.0%}): "
               + ("met" if ok else "NOT met")]
