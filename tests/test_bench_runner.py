@@ -80,8 +80,11 @@ class _RecordingRunner(MatrixRunner):
 
 def test_the_runner_never_times_a_row_twice_in_a_row_even_when_rows_drop_out() -> None:
     # Three rows with the middle one failed from the start (as in the out-of-memory test below),
-    # and six rows of which two fail part-way.
-    for names, fail_at in ((["a", "b", "c"], {"b": 0}), (["a", "b", "c", "d", "e", "f"], {"c": 40, "e": 90})):
+    # six rows of which two fail part-way, and three rows with one failing after each of 1..40
+    # blocks: some of those failures open a round, where the row that timed last comes next.
+    cases = [(["a", "b", "c"], {"b": 0}), (["a", "b", "c", "d", "e", "f"], {"c": 40, "e": 90})]
+    cases += [(["a", "b", "c"], {"b": blocks}) for blocks in range(1, 41)]
+    for names, fail_at in cases:
         runner = _RecordingRunner(fail_at)
         runner._time_blocks([RowJob(name, {}, {"kind": "test"}) for name in names])
         assert runner.timed[0] != names[-1]  # the last row to warm up does not time first
