@@ -80,15 +80,20 @@ def lint(session: nox.Session) -> None:
 def gpu_bench(session: nox.Session) -> None:
     """The main job: the Table 4 matrix (paper scale on a GPU, smoke scale on a CPU), then the gate.
 
-    Arguments after ``--`` go to ``dit-repro bench`` (e.g. ``-- --steps 20`` for fewer timed steps).
-    The session's exit code is the gate's: 0 pass, 1 regression, 2 usage or data error.
+    Runs ``dit-repro bench-gate``: against the stored baseline of this hardware when one exists,
+    else against the parent / merge-base commit measured in the same run (``--against auto``).
+    Arguments after ``--`` go to it (e.g. ``-- --steps 20``, ``-- --against HEAD~3``,
+    ``-- --rows gcp,gcp+amp``). The session exits with the gate's own code, which nox would
+    otherwise fold into 1: 0 pass, 1 regression, 2 bad data or no reference.
     """
     python = project_env(session)
-    results = "bench-out/results.json"
-    session.run(python, "-m", "dit_repro.cli", "bench", "--matrix", "table4", "--out", results, *session.posargs,
-                external=True)
-    session.run(python, "-m", "dit_repro.cli", "gate", results, "--baselines", "baselines", "--report-dir", "bench-out",
-                external=True)
+    command = [python, "-m", "dit_repro.cli", "bench-gate", "--out", "bench-out/results.json", *session.posargs]
+    session.log(" ".join(command))
+    code = subprocess.call(command)
+    if code != 0:
+        session.log(f"gate exit code {code} (1 regression, 2 bad data or no reference)")
+        # SystemExit passes through nox (it catches Exception only) and keeps the gate's code.
+        raise SystemExit(code)
 
 
 @nox.session(python=False)

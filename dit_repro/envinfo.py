@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .bench.hardware import cpu_key, gpu_key
 from .models.attention import backend_report
 
 PACKAGES = ("torch", "torchvision", "timm", "diffusers", "accelerate", "torch-fidelity", "scipy", "safetensors", "numpy")
@@ -78,6 +79,14 @@ def _cuda_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
+def hardware_key(device: torch.device) -> dict[str, Any]:
+    """The key stored baselines are matched on (dit_repro.bench.hardware): what moves relative speeds."""
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        return gpu_key(device_name(device), torch.cuda.device_count(), memory, torch.version.cuda, torch.__version__)
+    return cpu_key()
+
+
 def environment_fingerprint(device: torch.device | str = "auto", attention_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Device name and count, torch/CUDA/cuDNN/driver, package versions, git commit, attention backends."""
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -87,6 +96,7 @@ def environment_fingerprint(device: torch.device | str = "auto", attention_dtype
         "device_name": device_name(dev),
         "device_count": torch.cuda.device_count() if dev.type == "cuda" else 1,
         "cpu_count": os.cpu_count(),
+        "hardware_key": hardware_key(dev),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

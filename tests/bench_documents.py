@@ -6,12 +6,20 @@ from typing import Any
 
 import numpy as np
 
+from dit_repro.bench.hardware import cpu_key, gpu_key
 from dit_repro.bench.matrices import Matrix, MatrixRow, RowRatio
 from dit_repro.bench.results import device_block, results_document
 from dit_repro.bench.runner import RowJob
 from dit_repro.bench.schema import validate_results
 
 GPU_NAME = "NVIDIA H100 80GB HBM3"
+
+
+def hardware_key(device_type: str) -> dict[str, Any]:
+    """A fixed hardware key: a 2-core AVX-512 test CPU, or one H100 80GB under CUDA 12.8 and torch 2.14."""
+    if device_type == "cuda":
+        return gpu_key(GPU_NAME, 1, 80 * 2**30, "12.8", "2.14.1")
+    return cpu_key(cpuinfo="model name\t: Test CPU\nflags\t\t: fpu avx2 avx512f\n", cores=2, machine="x86_64")
 
 
 def noisy_times(median_s: float, n: int, rng: np.random.Generator, spread: float = 0.02) -> list[float]:
@@ -56,8 +64,7 @@ def make_results(jobs: list[RowJob], device_type: str = "cpu", ratios: tuple[Row
              "timed_steps": 40, "schedule": "interleaved", "block_steps": 5,
              "warmup": {"window": 5, "rel_tol": 0.05, "min_steps": 10, "max_steps": 60},
              "data": "synthetic", "vae": "tiny-random", "notes": []}
-    name = GPU_NAME if device_type == "cuda" else "Test CPU"
     document = results_document(command=["test"], matrix=matrix, scale=scale,
-                                device=device_block(device_type, name, 1, None),
+                                device=device_block(hardware_key(device_type), None),
                                 environment={"torch": "test"}, jobs=jobs)
     return validate_results(document)

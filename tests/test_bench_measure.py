@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from dit_repro import flops
+from dit_repro.bench import measure
 from dit_repro.bench.measure import RowSession, count_saved_activations
 from dit_repro.bench.stats import WarmupPolicy
 from dit_repro.bench.workload import TrainerWorkload, build_workload
@@ -50,36 +52,64 @@ def test_warmup_runs_past_the_transient_then_timing_appends_every_step() -> None
     assert min(session.times.cpu) >= 0.002 and min(session.times.wall) >= 0.002
 
 
-class AlternatingWorkload(ScriptedWorkload):
-    """Burns 2 ms and 6 ms of CPU time by turns: a stretch taken from any typical step would miss both."""
+class VirtualClock:
+    """A clock that moves only when a workload spends time on it, plus one tick per read.
+
+    Standing in for both of the session's clocks, it makes a timing test independent of the
+    machine and of its load: the tick lets a busy-wait on it end, and bounds how far one overshoots.
+    """
+
+    TICK = 1e-6
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def read(self) -> float:
+        self.now += self.TICK
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class AlternatingWorkload:
+    """Spends 2 ms and 6 ms of virtual time by turns: a stretch taken from any typical step would miss both."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.calls = 0
 
     def step(self) -> None:
-        deadline = time.process_time() + (0.002 if self.calls % 2 == 0 else 0.006)
-        while time.process_time() < deadline:
-            pass
+        self.clock.spend(0.002 if self.calls % 2 == 0 else 0.006)
         self.calls += 1
 
+    def persistent_tensors(self) -> Iterable[torch.Tensor]:
+        return []
 
-def test_injected_slowdown_stretches_every_timed_step_by_the_factor_of_its_own_time() -> None:
+
+def test_injected_slowdown_stretches_every_timed_step_by_the_factor_of_its_own_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # The injection busy-waits until the process has used half of what the step itself took, so a
     # 2 ms step costs 3 ms and a 6 ms step 9 ms; a stretch from the warm-up median (4 ms) would
     # make them 4 ms and 8 ms.
+    clock = VirtualClock()
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=clock.read, process_time=clock.read))
     policy = WarmupPolicy(window=4, rel_tol=0.5, min_steps=4, max_steps=40)
-    plain = RowSession(AlternatingWorkload(), policy)
-    slowed = RowSession(AlternatingWorkload(), policy, inject_slowdown=1.5)
     by_length = []
-    for session in (plain, slowed):
+    for factor in (None, 1.5):
+        session = RowSession(AlternatingWorkload(clock), policy, inject_slowdown=factor)
         first = session.warmup()["steps"] % 2  # index of the first timed 2 ms step
         session.time_block(20)
+        assert session.times.cpu is not None
         by_length.append((session.times.cpu[first::2], session.times.cpu[1 - first::2]))
     (plain_short, plain_long), (short, long) = by_length
-    assert min(plain_short) >= 0.002 and min(plain_long) >= 0.006
-    assert min(short) >= 1.5 * 0.002 and min(long) >= 1.5 * 0.006
-    # Busy-waits on the process's CPU clock overshoot by one loop iteration, not by a share of the
-    # step: each slowed median is 1.5x its plain one up to that (bounded here by 5 %).
-    for plain_steps, slowed_steps in ((plain_short, short), (plain_long, long)):
-        ratio = float(np.median(slowed_steps) / np.median(plain_steps))
-        assert 1.5 * 0.95 < ratio < 1.5 * 1.05, ratio
+    # Each step costs its own time plus a few clock reads; the wait overshoots by at most one tick.
+    overhead = 10 * VirtualClock.TICK
+    for plain_steps, slowed_steps, cost in ((plain_short, short, 0.002), (plain_long, long, 0.006)):
+        assert all(cost <= t <= cost + overhead for t in plain_steps), plain_steps
+        assert all(1.5 * cost <= t <= 1.5 * (cost + overhead) for t in slowed_steps), slowed_steps
     with pytest.raises(ValueError, match="inject_slowdown"):
         RowSession(ScriptedWorkload(), WarmupPolicy(), inject_slowdown=0.9)
 

@@ -10,7 +10,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from dit_repro.bench.runner import MatrixRunner, RowJob, Schedule, round_order
@@ -110,10 +109,10 @@ def test_interleaved_rows_time_every_step_and_an_oom_row_does_not_stop_the_matri
         assert job.saved_activations is not None and job.saved_activations["bytes"] == 2 * 256 * 384 * 4  # input + ReLU output, fp32
         assert job.memory is not None and job.memory["kind"] == "cpu" and job.memory["peak_rss_bytes"] > 0
         assert job.handle is None and (tmp_path / "logs" / f"{job.name}.log").exists()
-    # b is a's workload stretched by 1.5 in CPU time (wall time also carries other processes' load).
-    # The bounds allow for the CPU time of identical steps varying by ~10 % on a shared machine.
+    # b's worker applies the injected slowdown to its timed steps (what that does to each step is shown,
+    # independent of the machine's load, on a virtual clock in test_bench_measure.py).
     assert a.cpu_times is not None and b.cpu_times is not None and len(b.cpu_times) == 20
-    assert 1.25 < np.median(b.cpu_times) / np.median(a.cpu_times) < 1.8
+    assert (a.info["inject_slowdown"], b.info["inject_slowdown"]) == (None, 1.5)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dit_repro.bench.results import compute_block, device_slug
+from dit_repro.bench.results import compute_block
 from dit_repro.bench.schema import (
     ResultsError,
     default_file_mode,
@@ -86,9 +86,3 @@ def test_model_flops_exclude_recompute_and_mfu_uses_the_peak() -> None:
     assert block["model_tflops_per_s"] == pytest.approx(0.024)
     assert block["mfu"] == pytest.approx(0.024)
     assert compute_block(info, 0.5, None)["mfu"] is None
-
-
-def test_device_slugs() -> None:
-    assert device_slug("cuda", "NVIDIA H100 80GB HBM3") == "NVIDIA-H100-80GB-HBM3"
-    assert device_slug("cuda", "NVIDIA A100-SXM4-80GB") == "NVIDIA-A100-SXM4-80GB"
-    assert device_slug("cpu", "Intel(R) Xeon(R) Processor") == "cpu"

@@ -141,7 +141,8 @@ def test_missing_baseline_is_a_data_error_naming_the_device(tmp_path: Path,
     write_results(results, _run("cuda", 0, **{"gcp": {"status": "crashed", "error": "segfault"}}))
     assert _gate_cli(str(results), "--baselines", str(tmp_path / "none")) == EXIT_DATA_ERROR
     err = capsys.readouterr().err
-    assert "NVIDIA H100 80GB HBM3" in err and "NVIDIA-H100-80GB-HBM3" in err
+    assert "name=NVIDIA H100 80GB HBM3" in err and "nvidia-h100-80gb-hbm3-x1-cuda12.8-" in err
+    assert "stored for this setup: none" in err and "--against auto" in err
     # --allow-missing gates only faults: the crashed row still fails.
     assert _gate_cli(str(results), "--baselines", str(tmp_path / "none"), "--allow-missing",
                      "--report-dir", str(tmp_path)) == EXIT_REGRESSION
@@ -168,4 +169,4 @@ def test_record_refuses_failed_rows_and_injected_slowdowns(tmp_path: Path) -> No
         record_baseline(injected, tmp_path)
     path = record_baseline(_run("cuda", 0), tmp_path)
     assert path == baseline_path(tmp_path, _run("cuda", 0))
-    assert path.relative_to(tmp_path).as_posix() == "NVIDIA-H100-80GB-HBM3/dit-s2-b8-32px-table4.json"
+    assert path.relative_to(tmp_path).as_posix() == "nvidia-h100-80gb-hbm3-x1-cuda12.8-ca2f29/dit-s2-b8-32px-table4.json"

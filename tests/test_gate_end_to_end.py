@@ -22,6 +22,7 @@ from dit_repro.bench.runner import MatrixRunner, RowJob, Schedule
 from dit_repro.bench.schema import write_results
 from dit_repro.bench.stats import WarmupPolicy
 from dit_repro.gate import EXIT_PASS, EXIT_REGRESSION, GateInputs, Verdict, run_gate
+from tests.bench_documents import hardware_key
 
 # Six identical rows of about 3 ms each, timed as the CPU smoke bench times, in rounds of 2 steps.
 # Identical rows: load from other tenants of a shared VM slows rows of different sizes unequally
@@ -45,7 +46,7 @@ def _measure(tmp_path: Path, name: str, inject: dict[str, float]) -> Path:
     assert [job.status for job in jobs] == ["ok"] * len(SIZES), [job.error for job in jobs]
     matrix = Matrix("matmul", tuple(MatrixRow(row, {}) for row in SIZES))
     document = results_document(command=["test"], matrix=matrix, scale=SCALE,
-                                device=device_block("cpu", "test cpu", 1, None), environment={}, jobs=jobs)
+                                device=device_block(hardware_key("cpu"), None), environment={}, jobs=jobs)
     return write_results(tmp_path / name / "results.json", document)
 
 

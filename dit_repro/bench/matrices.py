@@ -226,6 +226,19 @@ def _parse_row(text: str) -> MatrixRow:
     return row
 
 
+def select_rows(matrix: Matrix, names: list[str]) -> Matrix:
+    """``matrix`` cut down to the rows ``names`` (in the matrix's order) and the ratios between them."""
+    known = [row.name for row in matrix.rows]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"--rows names {unknown}, which matrix {matrix.name!r} lacks; its rows: {', '.join(known)}")
+    keep = set(names)
+    return dataclasses.replace(
+        matrix, rows=tuple(row for row in matrix.rows if row.name in keep),
+        ratios=tuple(r for r in matrix.ratios if r.numerator in keep and r.denominator in keep),
+        notes=(*matrix.notes, f"rows selected with --rows: {', '.join(row for row in known if row in keep)}"))
+
+
 def build_matrix(spec: str, device_type: str) -> Matrix:
     """A built-in matrix by name, or a custom one from ``NAME=ROW;...``."""
     if spec == "table4":

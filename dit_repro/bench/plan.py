@@ -14,7 +14,9 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from dit_repro.config import ConfigError, Features, TrainConfig
 
 from .latent_cache import build_temporary_cache
 from .matrices import Matrix
+from .reference import Reference, candidate_root, checked_out, describe_candidate
 from .results import device_block, results_document
 from .runner import WORKER_COMMAND, MatrixRunner, RowJob, Schedule
 from .schema import validate_results, write_results
@@ -133,6 +136,8 @@ class BenchRequest:
     """Longest wait for one reply of a worker."""
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     """The command line, stored in the results."""
+    against: Reference | None = None
+    """Same-run A/B: REF's code runs every row too, beside this code (``bench --against``)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.inject_slowdown) - {row.name for row in self.matrix.rows})
@@ -153,14 +158,26 @@ class BenchRequest:
             device=self.device_type, switches=dict(switches),
         )
 
-    def jobs(self, cache_dir: str | None) -> list[RowJob]:
-        """One job per row."""
+    def jobs(self, cache_dir: str | None, reference_root: Path | None = None) -> list[RowJob]:
+        """One job per row; with ``reference_root`` (an A/B) two, the candidate's and REF's.
+
+        The two sides of a row are adjacent: the sequential (GPU) schedule runs them back to back,
+        the candidate first on even rows and REF first on odd ones, so that neither side always
+        follows the other; the interleaved (CPU) schedule alternates them block by block.
+        """
         jobs = []
-        for row in self.matrix.rows:
+        for index, row in enumerate(self.matrix.rows):
             cfg = self.row_config(row.switches, cache_dir)
             workload = {"kind": "trainer", "config": cfg.to_dict()}
-            jobs.append(RowJob(row.name, cfg.switches.to_dict(), workload, self.inject_slowdown.get(row.name),
-                               threads=self.scale.threads))
+            inject = self.inject_slowdown.get(row.name)
+            if reference_root is None:
+                jobs.append(RowJob(row.name, cfg.switches.to_dict(), workload, inject, threads=self.scale.threads))
+                continue
+            sides = [RowJob(row.name, cfg.switches.to_dict(), workload, inject, threads=self.scale.threads,
+                            side="candidate", code_root=candidate_root()),
+                     RowJob(row.name, cfg.switches.to_dict(), workload, None, threads=self.scale.threads,
+                            side="reference", code_root=reference_root)]
+            jobs.extend(sides if index % 2 == 0 else sides[::-1])
         return jobs
 
 
@@ -184,48 +201,106 @@ def default_environment(device_type: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def paired_path(results_path: Path) -> Path:
+    """Where the reference side of an A/B is written beside the candidate's results: ``results-reference.json``."""
+    return results_path.with_name(f"{results_path.stem}-reference{results_path.suffix}")
+
+
+@dataclass
+class BenchRun:
+    """The documents a bench wrote: the results, and in an A/B also REF's side."""
+
+    results: dict[str, Any]
+    """The (candidate's) validated results document."""
+    reference: dict[str, Any] | None = None
+    """REF's validated results document in an A/B, else None."""
+
+
+@contextmanager
+def _reference_code(request: BenchRequest) -> Iterator[Path | None]:
+    if request.against is None:
+        yield None
+        return
+    with checked_out(request.against) as root:
+        yield root
+
+
 def run_bench(request: BenchRequest, log_dir: Path,
               environment: Callable[[str], dict[str, Any]] = default_environment,
-              worker_command: tuple[str, ...] = WORKER_COMMAND, partial_out: Path | None = None) -> dict[str, Any]:
-    """Run every row and return the validated results document.
+              worker_command: tuple[str, ...] = WORKER_COMMAND, partial_out: Path | None = None) -> BenchRun:
+    """Run every row (both sides of each in an A/B) and return the validated results document(s).
 
     ``environment`` maps the device type to the fingerprint; it is taken before the rows (see
     default_environment). With ``partial_out``, the results so far are written there atomically
-    before the first row and after every finished row, the rows still to come marked ``not_run``.
-    On the sequential schedule (the GPU default) a bench killed by a CI time limit thus keeps the
-    rows it measured, and the gate fails the rest; interleaved rows all finish at the end, so a
-    killed interleaved run leaves every row ``not_run``.
+    before the first row and after every finished row, the rows still to come marked ``not_run``
+    (REF's side beside it, see paired_path). On the sequential schedule (the GPU default) a bench
+    killed by a CI time limit thus keeps the rows it measured, and the gate fails the rest;
+    interleaved rows all finish at the end, so a killed interleaved run leaves every row ``not_run``.
     """
     scale = request.scale
     fingerprint = environment(request.device_type)
-    # The device's name and count from the child's fingerprint: asking torch here would initialise
-    # CUDA in this process, which is what taking the fingerprint in a child avoids.
-    name, count = fingerprint["device_name"], fingerprint["device_count"]
+    # The hardware key from the child's fingerprint: asking torch here would initialise CUDA in this
+    # process, which is what taking the fingerprint in a child avoids.
+    device = device_block(fingerprint["hardware_key"], request.peak_flops)
+    ab = None
+    if request.against is not None:
+        ab = {"run_id": uuid.uuid4().hex, "against": request.against.spec,
+              "reference_commit": request.against.commit, "candidate": describe_candidate()}
 
-    def document(jobs: list[RowJob]) -> dict[str, Any]:
-        return results_document(
-            command=request.command, matrix=request.matrix, scale=scale.to_dict(),
-            device=device_block(request.device_type, name, count, request.peak_flops), environment=fingerprint,
-            jobs=jobs)
+    def documents(jobs: list[RowJob]) -> BenchRun:
+        def document(side: str | None) -> dict[str, Any]:
+            block = None
+            if ab is not None:
+                other = "reference" if side == "candidate" else "candidate"
+                name = partial_out.name if partial_out is not None else "results.json"
+                paired = paired_path(Path(name)).name if other == "reference" else name
+                block = {**ab, "role": side, "paired_results": paired}
+            return results_document(
+                command=request.command, matrix=request.matrix, scale=scale.to_dict(), device=device,
+                environment=fingerprint, jobs=[job for job in jobs if job.side == side], ab=block)
+        if ab is None:
+            return BenchRun(document(None))
+        return BenchRun(document("candidate"), document("reference"))
 
     schedule = Schedule(scale.schedule, scale.timed_steps, scale.block_steps, scale.warmup, request.timeout_s)
     runner = MatrixRunner(schedule, log_dir, worker_command)
-    with tempfile.TemporaryDirectory(prefix="dit-repro-bench-cache-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dit-repro-bench-cache-") as tmp, _reference_code(request) as ref_root:
+        if request.against is not None:
+            runner.say(f"A/B in one run: this code ({ab['candidate']}) against {request.against.how}, checked out "
+                       f"in {ref_root}; every row runs twice, about twice the time of a plain bench")
         cache_dir = request.cache_dir
         if cache_dir is None and request.needs_cache():
             runner.say(f"building a temporary latent cache ({scale.data}, {scale.image_size} px, VAE {scale.vae})")
             cache_dir = str(build_temporary_cache(
                 Path(tmp) / "cache", data=scale.data, vae=scale.vae, image_size=scale.image_size,
                 device=request.device_type, batch_size=min(scale.global_batch_size, 32)))
-        jobs = request.jobs(cache_dir)
+        jobs = request.jobs(cache_dir, ref_root)
 
         def write_partial(_: RowJob | None = None) -> None:
             if partial_out is not None and any(job.active for job in jobs):
-                write_results(partial_out, document(jobs))
+                write_run(partial_out, documents(jobs))
 
         write_partial()  # every row not_run yet: no earlier run's file can pass for this one's
-        runner.run(jobs, on_row_done=write_partial)
-    return validate_results(document(jobs), source="the results of this run")
+        if ab is not None and schedule.kind == "interleaved":
+            # The two sides of a row take turns block by block, one row after the other: drift cancels
+            # within each row's pair, and only two workers (not two per row) hold memory at a time.
+            for pair in zip(jobs[::2], jobs[1::2], strict=True):
+                runner.run(list(pair), on_row_done=write_partial)
+        else:
+            runner.run(jobs, on_row_done=write_partial)
+    run = documents(jobs)
+    validate_results(run.results, source="the results of this run")
+    if run.reference is not None:
+        validate_results(run.reference, source="the reference side of this run")
+    return run
+
+
+def write_run(results_path: Path, run: BenchRun) -> list[Path]:
+    """Write the run's documents (REF's side beside the results in an A/B); returns the paths."""
+    paths = [write_results(results_path, run.results)]
+    if run.reference is not None:
+        paths.append(write_results(paired_path(results_path), run.reference))
+    return paths
 
 
 def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:

@@ -53,8 +53,13 @@ def results_table(results: dict[str, Any]) -> str:
 def results_markdown(results: dict[str, Any]) -> str:
     """Heading, scale and device, the notes of scale and matrix, the table, and each failed row's error."""
     scale, device = results["scale"], results["device"]
+    side = ""
+    if "ab" in results:
+        ab = results["ab"]
+        side = (f", reference side: {ab['against']} = {ab['reference_commit'][:12]}" if ab["role"] == "reference"
+                else f", candidate side: {ab['candidate']}")
     lines = [
-        f"# Benchmark: matrix {results['matrix']['name']} on {device['name']} ({device['type']} x{device['count']})",
+        f"# Benchmark: matrix {results['matrix']['name']} on {device['name']} ({device['type']} x{device['count']}){side}",
         "",
         f"{scale['model']}, global batch {scale['global_batch_size']}, {scale['image_size']} px, "
         f"{scale['timed_steps']} timed steps per row after a steady warm-up, schedule {scale['schedule']}",

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 from dit_repro import flops
 
+from .hardware import key_slug
 from .matrices import Matrix
 from .runner import RowJob
+from .schema import SCHEMA_ID, SCHEMA_VERSION
 from .stats import summarize
 
 
-def device_slug(device_type: str, device_name: str) -> str:
-    """Directory name of a device's baselines: the GPU name with runs of other characters as '-'.
-
-    Every CPU shares ``cpu``: the CPU gate compares only machine-independent quantities.
-    """
-    if device_type == "cpu":
-        return "cpu"
-    return re.sub(r"[^A-Za-z0-9.]+", "-", device_name).strip("-") or "unknown-gpu"
-
-
-def device_block(device_type: str, device_name: str, count: int, peak_override: float | None) -> dict[str, Any]:
-    """The ``device`` block: name, count, baseline directory and the peak MFU is measured against."""
+def device_block(hardware_key: dict[str, Any], peak_override: float | None) -> dict[str, Any]:
+    """The ``device`` block: name, count, hardware key, baseline folder and the peak MFU is measured against."""
+    device_type, device_name = hardware_key["type"], hardware_key["name"]
     if peak_override is not None:
         if peak_override <= 0:
             raise ValueError(f"--peak-flops must be positive, got {peak_override}")
@@ -35,7 +27,8 @@ def device_block(device_type: str, device_name: str, count: int, peak_override: 
         peak = flops.peak_flops(device_name)
         source = "dense bf16 datasheet peak (dit_repro.flops)" if peak else (
             f"unknown peak for {device_name!r}; pass --peak-flops to report MFU")
-    return {"type": device_type, "name": device_name, "count": count, "slug": device_slug(device_type, device_name),
+    return {"type": device_type, "name": device_name, "count": hardware_key.get("count", 1),
+            "slug": key_slug(hardware_key), "hardware_key": dict(hardware_key),
             "peak_flops_per_s": peak, "peak_source": source}
 
 
@@ -102,11 +95,14 @@ def row_record(job: RowJob, peak_flops_per_s: float | None) -> dict[str, Any]:
 
 
 def results_document(*, command: list[str], matrix: Matrix, scale: dict[str, Any], device: dict[str, Any],
-                     environment: dict[str, Any], jobs: list[RowJob]) -> dict[str, Any]:
-    """The whole results document; validate it with :func:`dit_repro.bench.schema.validate_results`."""
-    return {
-        "schema": "dit-repro/bench-results",
-        "schema_version": 1,
+                     environment: dict[str, Any], jobs: list[RowJob], ab: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole results document; validate it with :func:`dit_repro.bench.schema.validate_results`.
+
+    ``ab`` is the ``ab`` block of one side of a same-run A/B (``bench --against``).
+    """
+    document = {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": list(command),
         "matrix": matrix.to_dict(),
@@ -115,3 +111,6 @@ def results_document(*, command: list[str], matrix: Matrix, scale: dict[str, Any
         "environment": environment,
         "rows": [row_record(job, device["peak_flops_per_s"]) for job in jobs],
     }
+    if ab is not None:
+        document["ab"] = dict(ab)
+    return document

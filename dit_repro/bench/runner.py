@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .reference import worker_environment
 from .stats import WarmupPolicy
 
 SCHEDULES = ("sequential", "interleaved")
@@ -63,14 +64,15 @@ class WorkerFailure(RuntimeError):
 class WorkerHandle:
     """A worker process and its JSON-lines channel; its stderr goes to ``log_path``."""
 
-    def __init__(self, log_path: Path, command: Sequence[str] = WORKER_COMMAND, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_path: Path, command: Sequence[str] = WORKER_COMMAND, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.log_path = log_path
         """File holding the worker's stderr (and whatever the libraries printed)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - kept open for the life of the process
         self.process = subprocess.Popen(
             list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, bufsize=0,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, cwd=cwd,
         )
         """The worker process."""
         self._buffer = bytearray()
@@ -146,6 +148,11 @@ class RowJob:
     """Test-only slowdown factor of this row's timed steps."""
     threads: int | None = None
     """torch threads of the worker (None: torch's default)."""
+    side: str | None = None
+    """``candidate`` or ``reference`` in a same-run A/B (``bench --against``), else None."""
+    code_root: Path | None = None
+    """Folder whose ``dit_repro`` the worker must run (put first on its path, checked after setup);
+    None: whatever the worker imports, as outside an A/B."""
     status: str = "pending"
     """ok, oom, unavailable, error, crashed or timeout once run."""
     error: dict[str, Any] | None = None
@@ -166,6 +173,11 @@ class RowJob:
     """Remarks (e.g. a figure that could not be taken)."""
     handle: WorkerHandle | None = None
     """The live worker while the row runs."""
+
+    @property
+    def label(self) -> str:
+        """The row's name, with its side in an A/B: ``gcp [reference]``."""
+        return self.name if self.side is None else f"{self.name} [{self.side}]"
 
     @property
     def active(self) -> bool:
@@ -265,7 +277,10 @@ class MatrixRunner:
         print(f"[bench] {text}", file=self.progress, flush=True)
 
     def _start(self, job: RowJob) -> None:
-        job.handle = WorkerHandle(self.log_dir / log_name(job.name), self.worker_command)
+        env = cwd = None
+        if job.code_root is not None:
+            env, cwd = worker_environment(job.code_root), job.code_root
+        job.handle = WorkerHandle(self.log_dir / log_name(job.label), self.worker_command, env=env, cwd=cwd)
 
     def _ask(self, job: RowJob, message: dict[str, Any]) -> dict[str, Any] | None:
         """Send a request; on any failure record it on the job, stop its worker and return None."""
@@ -282,7 +297,7 @@ class MatrixRunner:
             job.status = reply["status"]
             job.error = reply["error"]
             job.memory = reply.get("memory")
-        self.say(f"{job.name}: {job.status} during {message['op']}: {job.error['message'].splitlines()[0]}")
+        self.say(f"{job.label}: {job.status} during {message['op']}: {job.error['message'].splitlines()[0]}")
         job.handle.close()
         job.handle = None
         return None
@@ -294,13 +309,30 @@ class MatrixRunner:
         if reply is None:
             return
         job.info = reply["info"]
-        self.say(f"{job.name}: warming up")
+        if not self._runs_expected_code(job):
+            return
+        self.say(f"{job.label}: warming up")
         reply = self._ask(job, {"op": "warmup"})
         if reply is None:
             return
         job.warmup = reply["warmup"]
         steady = "steady" if job.warmup["steady"] else "NOT steady (warm-up cap reached)"
-        self.say(f"{job.name}: {job.warmup['steps']} warm-up steps, {steady}")
+        self.say(f"{job.label}: {job.warmup['steps']} warm-up steps, {steady}")
+
+    def _runs_expected_code(self, job: RowJob) -> bool:
+        """In an A/B, fail the row unless its worker imported the code of its side."""
+        package = job.info.get("package")
+        if job.code_root is None or (package and Path(package).resolve() == (job.code_root / "dit_repro").resolve()):
+            return True
+        job.status = "error"
+        job.error = {"type": "WrongCode", "message": f"the {job.side} worker ran dit_repro from {package}, not from "
+                     f"{job.code_root / 'dit_repro'}", "traceback": None, "phase": "setup"}
+        self.say(f"{job.label}: error during setup: {job.error['message']}")
+        assert job.handle is not None
+        job.handle.kill()
+        job.handle.close()
+        job.handle = None
+        return False
 
     def _time_blocks(self, jobs: list[RowJob]) -> None:
         rng = random.Random(ORDER_SEED)
@@ -321,7 +353,7 @@ class MatrixRunner:
                         job.cpu_times = (job.cpu_times or []) + reply["cpu_times"]
         for job in jobs:
             if job.active and job.times:
-                self.say(f"{job.name}: {len(job.times)} steps timed")
+                self.say(f"{job.label}: {len(job.times)} steps timed")
 
     def _finish(self, job: RowJob) -> None:
         if not job.active:

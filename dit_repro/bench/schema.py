@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 
 SCHEMA_ID = "dit-repro/bench-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ResultsError(ValueError):
@@ -29,6 +29,10 @@ def results_schema() -> dict[str, Any]:
 
 def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
     """Return ``data`` if it follows the schema, else raise ResultsError naming the first violation."""
+    if isinstance(data, dict) and data.get("schema") == SCHEMA_ID and data.get("schema_version") == 1:
+        raise ResultsError(
+            f"{source} has results schema version 1, written before baselines were keyed by hardware; "
+            "record it again with `dit-repro bench --record` on the hardware it is for")
     validator = jsonschema.Draft202012Validator(results_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import IO, Any
 
 import torch
@@ -26,6 +27,10 @@ from dit_repro.models.attention import AttentionBackendUnavailable
 from .measure import CudaMemoryTrace, RowSession, cuda_memory_record
 from .stats import WarmupPolicy
 from .workload import MatmulWorkload, TrainerWorkload, build_workload
+
+WORKER_PROTOCOL = 2
+"""Version of the request/reply protocol. 2: the setup reply names the package the worker runs, so that
+the two sides of a same-run A/B (``bench --against``) can prove which code they measured."""
 
 
 def classify_failure(exc: BaseException) -> str:
@@ -98,7 +103,9 @@ class Worker:
             torch.set_num_threads(int(row["threads"]))
         self.workload = build_workload(row["workload"])
         self.session = RowSession(self.workload, WarmupPolicy(**row["warmup"]), row.get("inject_slowdown"))
-        return {"ok": True, "info": {**self.workload.describe(), "clock": self.session.clock}}
+        return {"ok": True, "info": {**self.workload.describe(), "clock": self.session.clock,
+                                     "inject_slowdown": self.session.inject_slowdown, "protocol": WORKER_PROTOCOL,
+                                     "package": str(Path(__file__).resolve().parent.parent)}}
 
     def _finish(self) -> dict[str, Any]:
         assert self.session is not None

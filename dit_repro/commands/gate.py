@@ -1,4 +1,4 @@
-"""``dit-repro gate``: compare benchmark results with the device's baseline; exit 0 pass, 1 regression, 2 error."""
+"""``dit-repro gate``: results against REF's side of an A/B or this hardware's baseline; exit 0, 1 or 2."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from dit_repro.bench.reference import resolve_reference
 from dit_repro.bench.schema import ResultsError, load_results
 from dit_repro.gate import EXIT_DATA_ERROR, EXIT_PASS, EXIT_REGRESSION, GateInputs, Thresholds, run_gate
+from dit_repro.gate.ab_selftest import ab_rates, ab_report, save_ab_runs, time_ab_runs
 from dit_repro.gate.between_runs import between_run_rates, between_runs_report, time_identical_rows
 from dit_repro.gate.selftest import measure_matmul_samples, requirements_met, run_self_test, self_test_report
 
@@ -23,19 +25,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``gate`` subcommand."""
     parser = subparsers.add_parser(
         "gate",
-        help="compare benchmark results with stored baselines (exit 0 pass, 1 regression, 2 error)",
+        help="compare benchmark results with REF's side of an A/B or this hardware's baseline (exit 0/1/2)",
         description=(
-            "Compare a results file of `dit-repro bench` with the baseline of its device "
-            "(BASELINES/<device>/<model>-b<batch>-<image>px-<matrix>.json). A metric regresses only when its "
-            "change exceeds the threshold AND is significant (one-sided Mann-Whitney U on per-step samples, "
-            "bootstrap for ratios between rows). On a CPU only machine-independent figures are gated. "
+            "Compare a results file of `dit-repro bench` with a reference measured on the same hardware: REF's side "
+            "when the file comes from `bench --against REF` (results-reference.json beside it), else the stored "
+            "baseline recorded on hardware with exactly this hardware key "
+            "(BASELINES/<hardware slug>/<model>-b<batch>-<image>px-<matrix>.json). A baseline from other "
+            "hardware is never used for timings: the gate names the key it looked for and those stored, and "
+            "exits 2 (--portable compares the machine-independent figures against it instead). A metric "
+            "regresses only when its change exceeds the threshold AND is significant (one-sided Mann-Whitney U "
+            "on per-step samples, bootstrap over rounds for interleaved CPU runs). "
             "Writes gate.md and gate.png to --report-dir. Exit codes: 0 pass, 1 regression or failed row, "
-            "2 usage or data error (including no baseline for the device, unless --allow-missing)."
+            "2 usage or data error (including no baseline for this hardware, unless --allow-missing)."
         ),
     )
     parser.add_argument("results", nargs="?", type=Path, help="results JSON written by `dit-repro bench`")
-    parser.add_argument("--baselines", type=Path, default=Path("baselines"),
-                        help="baselines root directory (or one baseline file); default: baselines")
+    parser.add_argument("--baselines", type=Path, default=None,
+                        help="stored baselines root (or one baseline file); default: REF's side for an A/B results "
+                             "file, else baselines/")
+    parser.add_argument("--portable", action="store_true",
+                        help="compare only machine-independent figures (multiply-adds, saved-activation bytes and "
+                             "their ratios) against a baseline of this setup from any hardware")
     parser.add_argument("--time-threshold", type=_fraction, default=0.05,
                         help="relative change of time metrics that counts (default 0.05 = 5%%)")
     parser.add_argument("--memory-threshold", type=_fraction, default=0.10,
@@ -60,6 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="also time R fresh runs of 6 identical matmul rows (about 15 s each) and report "
                                "the rates when baseline and candidate are separate runs, as in real use: "
                                "run-to-run noise that resampling one process cannot see")
+    selftest.add_argument("--against", default=None, metavar="REF",
+                          help="with --between-runs R: instead, run R same-run A/B benches (`bench --against REF`, "
+                               "REF's code identical to this code, e.g. HEAD on a clean tree) of the device's "
+                               "default scale and report the A/B gate's false alarms and detection")
+    selftest.add_argument("--matrix", default="table4", help="matrix of the A/B self-test (default table4)")
+    selftest.add_argument("--rows", default=None, metavar="ROW,ROW", help="rows of the A/B self-test (default all)")
+    selftest.add_argument("--repo", type=Path, default=None, help="git repository REF is resolved in")
+    selftest.add_argument("--save-samples", type=Path, default=None, metavar="JSON",
+                          help="also write the A/B runs' per-step times there (a recording to test the gate on)")
     parser.set_defaults(func=run)
 
 
@@ -75,7 +94,29 @@ def _samples_from_results(spec: str) -> tuple[list[float], str]:
     return samples, f"{path} row {rows[0]['name']!r} ({results['device']['name']}, {clock})"
 
 
+def _ab_self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:
+    if args.between_runs < 1:
+        raise ValueError("--against in the self-test needs --between-runs R (R >= 1 A/B runs)")
+    reference = resolve_reference(args.against, args.repo)
+    rows = [name.strip() for name in args.rows.split(",")] if args.rows else None
+    try:
+        runs, hardware = time_ab_runs(args.between_runs, reference, args.matrix, rows, progress=sys.stderr)
+    except RuntimeError as exc:  # a worker failed: no measurement, not a regression
+        print(f"dit-repro gate: error: {exc}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    estimates = ab_rates(runs, thresholds, seed=args.seed)
+    source = f"matrix {args.matrix}{', rows ' + args.rows if args.rows else ''}, against {reference.how}"
+    print(ab_report(runs, estimates, thresholds, source), end="")
+    if args.save_samples is not None:
+        print(f"samples: {save_ab_runs(args.save_samples, runs, source, hardware)}")
+    met = requirements_met(estimates)
+    print(f"\nrequirement (x1.10 caught >= 95%, x1.00 flagged <= 1%): {'met' if met else 'NOT met'}")
+    return EXIT_PASS if met else EXIT_REGRESSION
+
+
 def _self_test(args: argparse.Namespace, thresholds: Thresholds) -> int:
+    if args.against is not None:
+        return _ab_self_test(args, thresholds)
     if args.between_runs and args.between_runs < 2:
         raise ValueError(f"--between-runs needs at least 2 runs to compare, got {args.between_runs}")
     if args.samples:
@@ -111,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
             print("dit-repro gate: error: RESULTS is required (or use --self-test)", file=sys.stderr)
             return EXIT_DATA_ERROR
         outcome = run_gate(args.results, args.baselines, GateInputs(thresholds, seed=args.seed),
-                           allow_missing=args.allow_missing, report_dir=args.report_dir or args.results.parent)
+                           allow_missing=args.allow_missing, report_dir=args.report_dir or args.results.parent,
+                           portable=args.portable)
     except (ResultsError, ValueError) as exc:
         print(f"dit-repro gate: error: {exc}", file=sys.stderr)
         return EXIT_DATA_ERROR

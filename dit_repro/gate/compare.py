@@ -8,7 +8,9 @@ significant at level ``alpha``; an improvement needs the same in the other direc
 * Ratios between rows of one run (the CPU gate): percentile bootstrap of the ratio of the
   current to the baseline figure; the rounds of an interleaved run are resampled jointly
   across rows (a block bootstrap), so that drift of the machine stays paired; the p-value is
-  the bootstrap fraction on the wrong side of 1 (add-one smoothed).
+  the bootstrap fraction on the wrong side of 1 (add-one smoothed). When baseline and current
+  are the two sides of one interleaved A/B run, their rounds were timed together, and the
+  same rounds are resampled for both (``paired``).
 * Counts without sampling noise (multiply-adds, saved-activation bytes): the change alone
   decides; there is no p-value.
 """
@@ -174,18 +176,32 @@ ChangeFn = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], np.ndarray]
 """Maps {row: medians} of the baseline and of the current run (equal-length arrays) to the change."""
 
 
+def paired_row_medians(baseline: RunSamples, current: RunSamples, resamples: int,
+                       rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Bootstrap medians of two sides of one interleaved run, the same rounds drawn for both sides."""
+    joint = RunSamples({**{f"baseline/{k}": v for k, v in baseline.rows.items()},
+                        **{f"current/{k}": v for k, v in current.rows.items()}}, baseline.block)
+    medians = bootstrap_row_medians(joint, resamples, rng)
+    return ({k: medians[f"baseline/{k}"] for k in baseline.rows}, {k: medians[f"current/{k}"] for k in current.rows})
+
+
 def compare_bootstrap(metric: str, unit: str, change_fn: ChangeFn, baseline: RunSamples, current: RunSamples,
                       shown: tuple[float, float], threshold: float, alpha: float, higher_is_better: bool,
-                      resamples: int, rng: np.random.Generator, note: str = "") -> Comparison:
+                      resamples: int, rng: np.random.Generator, note: str = "", paired: bool = False) -> Comparison:
     """A change computed from several rows' median step times, judged by a percentile bootstrap.
 
-    Baseline and current runs are resampled independently (see bootstrap_row_medians);
+    Baseline and current runs are resampled independently (see bootstrap_row_medians), or with
+    ``paired`` (the two sides of one A/B run) round by round together (see paired_row_medians);
     ``shown`` are the baseline and current figures printed in the table.
     """
     point = ({k: np.array([np.median(v)]) for k, v in baseline.rows.items()},
              {k: np.array([np.median(v)]) for k, v in current.rows.items()})
     change = float(change_fn(*point)[0])
-    changes = change_fn(bootstrap_row_medians(baseline, resamples, rng), bootstrap_row_medians(current, resamples, rng))
+    if paired:
+        changes = change_fn(*paired_row_medians(baseline, current, resamples, rng))
+    else:
+        changes = change_fn(bootstrap_row_medians(baseline, resamples, rng),
+                            bootstrap_row_medians(current, resamples, rng))
     p_up = float((1 + np.count_nonzero(changes <= 1.0)) / (resamples + 1))  # evidence the figure rose
     p_down = float((1 + np.count_nonzero(changes >= 1.0)) / (resamples + 1))  # evidence it fell
     p_worse, p_better = (p_down, p_up) if higher_is_better else (p_up, p_down)

@@ -1,15 +1,21 @@
-"""Which figures the gate compares, on a GPU and on a CPU.
+"""Which figures the gate compares, by reference (mode) and device.
 
-GPU results: every row's step time, peak allocated and reserved memory, saved-activation bytes
-and multiply-adds, plus the matrix's named ratios.
+``ab`` (REF's side of one same-run A/B): both sides ran on this machine at once. On a GPU
+(sequential, the sides of a row back to back) every row's step time, peak allocated and reserved
+memory, saved-activation bytes and multiply-adds, plus the matrix's named ratios. On a CPU
+(interleaved) each row's absolute CPU time per step, by a bootstrap that draws the same rounds
+for both sides (they were timed together), plus ratios, saved bytes and multiply-adds. A uniform
+slowdown of every row is caught.
 
-CPU results: absolute times and memory depend on the machine, so only what does not is
-compared: each row's step time *relative to the other rows of the same run* (the change of
-each row divided by the median change over all rows, which absorbs the speed of the machine),
-the matrix's named ratios, saved-activation bytes and multiply-adds. Times there are the
-process's CPU time per step, which leaves out the time other processes held the core. A uniform
-slowdown of every row is indistinguishable from a slower machine and passes; that is the price
-of machine independence.
+``stored`` (a baseline recorded on hardware with the same key): on a GPU as in ``ab``. On a CPU,
+absolute times and memory move between runs and days, so only each row's step time *relative to
+the other rows of the same run* (the change of each row divided by the median change over all
+rows, which absorbs the speed of the machine), the matrix's named ratios, saved-activation bytes
+and multiply-adds are compared; a uniform slowdown of every row then passes. Times on a CPU are
+the process's CPU time per step, which leaves out the time other processes held the core.
+
+``portable`` (a baseline of any hardware): only what does not depend on the machine:
+multiply-adds, saved-activation bytes and the ratios between them; and rows that failed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from .compare import (
     compare_exact,
     compare_samples,
 )
+
+MODES = ("ab", "stored", "portable")
+"""What the gate compares against (see the module docstring)."""
 
 MIN_ROWS_FOR_RELATIVE_TIME = 3
 """With fewer rows the median change is not a row-independent measure of the machine."""
@@ -176,16 +185,40 @@ def relative_time_comparison(name: str, base: RunSamples, cur: RunSamples, input
         note="bootstrap; change divided by the machine speed factor")
 
 
+def ab_time_comparison(name: str, base: RunSamples, cur: RunSamples, inputs: GateInputs,
+                       rng: np.random.Generator) -> Comparison:
+    """Row ``name``'s step time, candidate against REF of one interleaved A/B run, same rounds drawn for both."""
+    def change(b: dict[str, np.ndarray], c: dict[str, np.ndarray]) -> np.ndarray:
+        return c[name] / b[name]
+
+    return compare_bootstrap(
+        f"{name}: step time", "s", change, RunSamples({name: base.rows[name]}, base.block),
+        RunSamples({name: cur.rows[name]}, cur.block),
+        (float(np.median(base.rows[name])), float(np.median(cur.rows[name]))), inputs.thresholds.time,
+        inputs.thresholds.alpha, higher_is_better=False, resamples=inputs.resamples, rng=rng, paired=True,
+        note="same-run A/B; bootstrap over rounds timed together")
+
+
+def _ab_time_metrics(base_rows: dict[str, dict], cur_rows: dict[str, dict], blocks: tuple[int | None, int | None],
+                     clock: str, inputs: GateInputs, rng: np.random.Generator) -> dict[str, Comparison]:
+    names = [n for n, row in base_rows.items() if _get(row, "timing", clock) and _get(cur_rows.get(n), "timing", clock)]
+    base = RunSamples({n: base_rows[n]["timing"][clock] for n in names}, blocks[0])
+    cur = RunSamples({n: cur_rows[n]["timing"][clock] for n in names}, blocks[1])
+    return {name: ab_time_comparison(name, base, cur, inputs, rng) for name in names}
+
+
 def _ratio_metrics(ratios: list[dict[str, Any]], base_rows: dict[str, dict], cur_rows: dict[str, dict],
                    blocks: tuple[int | None, int | None], clock: str, inputs: GateInputs,
-                   rng: np.random.Generator) -> list[Comparison]:
-    """The matrix's named ratios between rows of one run."""
+                   rng: np.random.Generator, mode: str) -> list[Comparison]:
+    """The matrix's named ratios between rows of one run (only the noise-free ones when ``portable``)."""
     thr = inputs.thresholds
     out = []
     for ratio in ratios:
         num, den = ratio["numerator"], ratio["denominator"]
         rows = {"b_num": base_rows.get(num), "b_den": base_rows.get(den), "c_num": cur_rows.get(num),
                 "c_den": cur_rows.get(den)}
+        if ratio["metric"] == "time" and mode == "portable":
+            continue  # a time ratio moves with the instruction set
         if ratio["metric"] == "time":
             path, unit, threshold = ("timing", clock), "x", thr.time
         else:
@@ -205,51 +238,70 @@ def _ratio_metrics(ratios: list[dict[str, Any]], base_rows: dict[str, dict], cur
             shown = (float(np.median(values["b_num"]) / np.median(values["b_den"])),
                      float(np.median(values["c_num"]) / np.median(values["c_den"])))
             out.append(compare_bootstrap(ratio["name"], unit, change, base, cur, shown, threshold, thr.alpha,
-                                         ratio["higher_is_better"], inputs.resamples, rng))
+                                         ratio["higher_is_better"], inputs.resamples, rng, paired=mode == "ab"))
         else:
             out.append(compare_exact(ratio["name"], unit, values["b_num"] / values["b_den"],
                                      values["c_num"] / values["c_den"], threshold, ratio["higher_is_better"]))
     return out
 
 
-def gate_comparisons(baseline: dict[str, Any], current: dict[str, Any],
-                     inputs: GateInputs) -> tuple[list[Comparison], list[str]]:
-    """Every comparison of ``current`` against ``baseline``, and notes on what was (not) compared."""
+def gate_comparisons(baseline: dict[str, Any], current: dict[str, Any], inputs: GateInputs,
+                     mode: str = "stored") -> tuple[list[Comparison], list[str]]:
+    """Every comparison of ``current`` against ``baseline`` in ``mode``, and notes on what was (not) compared."""
+    if mode not in MODES:
+        raise ValueError(f"unknown gate mode {mode!r}; one of {', '.join(MODES)}")
     thr = inputs.thresholds
     rng = np.random.default_rng(inputs.seed)
     cpu = current["device"]["type"] == "cpu"
     base_rows = {row["name"]: row for row in baseline["rows"]}
     cur_rows = {row["name"]: row for row in current["rows"]}
     notes = []
-    if cpu:
-        notes.append("CPU gate: absolute step times and memory depend on the machine and are not gated; compared "
-                     "are step times relative to the other rows of the same run, ratios between rows, "
-                     "saved-activation bytes and multiply-adds.")
+    if mode == "portable":
+        notes.append("portable: the reference may come from other hardware, so only multiply-adds, "
+                     "saved-activation bytes and their ratios are compared (and failed rows fail)")
+    elif cpu and mode == "stored":
+        notes.append("CPU gate against a stored baseline: absolute step times and memory move between runs and are "
+                     "not gated; compared are step times relative to the other rows of the same run, ratios between "
+                     "rows, saved-activation bytes and multiply-adds.")
+    elif cpu:
+        notes.append("CPU gate, same-run A/B: both sides timed in the same rounds on this machine, so absolute "
+                     "step times compare (paired over rounds), with ratios, saved-activation bytes and multiply-adds.")
     blocks = (interleave_block(baseline), interleave_block(current))
     clock = step_clock(baseline, current)
-    if clock == "cpu_times_s":
+    if clock == "cpu_times_s" and mode != "portable":
         notes.append("times compared as process CPU time per step: on a shared machine wall time also counts "
                      "the time other processes held the core")
     per_row: dict[str, list[Comparison]] = {}
     both_ok: dict[str, dict] = {}
     for name, base_row in base_rows.items():
-        status = _status_comparison(name, base_row, cur_rows.get(name), thr)
+        cur_row = cur_rows.get(name)
+        if mode == "portable":
+            status = None
+            if cur_row is not None and cur_row["status"] in FAILED_STATUSES:
+                status = _fail(f"{name}: status", "", None, None, thr.time, failure_summary(cur_row))
+            elif cur_row is None or not base_row["status"] == cur_row["status"] == "ok":
+                continue  # ok on one machine, oom on the other: nothing portable to compare
+        else:
+            status = _status_comparison(name, base_row, cur_row, thr)
         if status is not None:
             per_row[name] = [status]
             continue
+        assert cur_row is not None
         both_ok[name] = base_row
-        cur_row = cur_rows[name]
-        per_row[name] = _exact_metrics(name, base_row, cur_row, thr) if cpu else _gpu_row_metrics(
-            name, base_row, cur_row, thr)
-    if cpu:
+        per_row[name] = (_gpu_row_metrics(name, base_row, cur_row, thr) if not cpu and mode != "portable"
+                         else _exact_metrics(name, base_row, cur_row, thr))
+    if cpu and mode == "stored":
         relative, relative_notes = _relative_time_metrics(both_ok, cur_rows, blocks, clock, inputs, rng)
         for name, comparison in relative.items():
             per_row[name].insert(0, comparison)
         notes.extend(relative_notes)
+    elif cpu and mode == "ab":
+        for name, comparison in _ab_time_metrics(both_ok, cur_rows, blocks, clock, inputs, rng).items():
+            per_row[name].insert(0, comparison)
     out = [comparison for comparisons in per_row.values() for comparison in comparisons]
-    out.extend(_ratio_metrics(baseline["matrix"]["ratios"], base_rows, cur_rows, blocks, clock, inputs, rng))
+    out.extend(_ratio_metrics(baseline["matrix"]["ratios"], base_rows, cur_rows, blocks, clock, inputs, rng, mode))
     for name in cur_rows:
         if name not in base_rows:
             out.append(Comparison(f"{name}: status", "", None, None, None, None, Verdict.NEW, thr.time,
-                                  "not in the baseline; record a new baseline to gate it"))
+                                  "not in the reference; record a new baseline (or A/B) to gate it"))
     return out, notes

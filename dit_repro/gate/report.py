@@ -13,7 +13,7 @@ from .compare import Comparison, Verdict
 _VERDICT_TEXT = {
     Verdict.PASS: "pass",
     Verdict.REGRESSION: "**REGRESSION**",
-    Verdict.IMPROVEMENT: "improvement (record a new baseline: `dit-repro bench --record`)",
+    Verdict.IMPROVEMENT: "improvement",
     Verdict.FAIL: "**FAIL**",
     Verdict.NEW: "new (not gated)",
 }

@@ -77,7 +77,7 @@ def run_small_scale(out_dir: Path, say: Callable[[str], None] = lambda text: pri
             say(f"[verify] benchmarking {matrix.name} ({len(matrix.rows)} rows, {model})")
             request = BenchRequest(matrix, replace(SMALL_SCALE, model=model), "cuda", cache_dir=str(cache),
                                    timeout_s=900.0, command=["dit-repro", "verify", "--scale", "small"])
-            results = run_bench(request, bench_dir / "logs" / matrix.name)
+            results = run_bench(request, bench_dir / "logs" / matrix.name).results
             path = bench_dir / f"{matrix.name}.json"
             write_results(path, results)
             produced.append(ResultsFile(str(path), results))
