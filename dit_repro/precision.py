@@ -2,6 +2,17 @@
 
 fp32 is strict (TF32 off: the paper's "GCP with TF32 disabled" row); tf32 turns TF32 on; fp16 and
 bf16 run autocast and leave TF32 on for what stays fp32, as the paper's environment did.
+
+TF32 is set through one API only, and in one place: here. PyTorch has two: the legacy flags
+(``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) and the newer
+``fp32_precision`` attributes (``torch.backends.cuda.matmul``, ``torch.backends.cudnn.conv`` and
+``.rnn``). cuBLAS, cuDNN and inductor still read the legacy getters, which raise "you have used mix
+of the legacy and new APIs" when the two disagree; that check runs inside every fp32 cuBLAS matmul
+and cuDNN convolution. Measured on torch 2.14 (tests/test_precision.py): writing the legacy flags
+updates the new attributes too, so both APIs then read the same; writing the new attributes leaves
+the legacy getters raising for any non-default value. So the legacy setters are the one API
+written here; the test reads both APIs after every precision value and fails on a torch where
+that stops holding.
 """
 
 from __future__ import annotations
@@ -21,21 +32,54 @@ def autocast_dtype(precision: Precision) -> torch.dtype | None:
     return AUTOCAST_DTYPES.get(Precision(precision))
 
 
+def tf32_state() -> tuple[bool, bool]:
+    """Whether TF32 is allowed for fp32 matmuls and for cuDNN, for :func:`restore_tf32_state`."""
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def restore_tf32_state(state: tuple[bool, bool]) -> None:
+    """Put back settings read by :func:`tf32_state`."""
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = state
+
+
+def allow_tf32(allowed: bool) -> None:
+    """Allow (or forbid) TF32 for fp32 matmuls and cuDNN convolutions and RNNs, process-wide.
+
+    The matmul flag also sets ``torch.get_float32_matmul_precision()`` ("high" / "highest").
+    """
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
 def set_matmul_precision(precision: Precision) -> None:
-    """Set the process-wide TF32 flags for ``precision``."""
-    allow_tf32 = Precision(precision) is not Precision.FP32
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    """Set the process-wide TF32 flags for ``precision``: TF32 everywhere but fp32."""
+    allow_tf32(Precision(precision) is not Precision.FP32)
+
+
+@contextmanager
+def tf32_allowed(allowed: bool) -> Iterator[None]:
+    """Within the block, TF32 allowed or not; the previous settings are restored after."""
+    saved = tf32_state()
+    allow_tf32(allowed)
+    try:
+        yield
+    finally:
+        restore_tf32_state(saved)
 
 
 @contextmanager
 def matmul_precision(precision: Precision) -> Iterator[None]:
     """Within the block, the TF32 flags of ``precision``; the previous flags are restored after."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    set_matmul_precision(precision)
-    try:
+    with tf32_allowed(Precision(precision) is not Precision.FP32):
         yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Full-precision fp32 convolutions and matmuls (no TF32) inside the block, restored after.
+
+    cuDNN allows TF32 convolutions by default; the VAE would then encode differently from run
+    to run depending on the precision switch, and live encoding would drift from the cache.
+    """
+    with tf32_allowed(False):
+        yield

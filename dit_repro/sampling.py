@@ -40,13 +40,13 @@ from dit_repro.atomic import atomic_write, write_bytes_atomic, write_json_atomic
 from dit_repro.checkpoint import CheckpointError, load_checkpoint
 from dit_repro.config import ConfigError, Features, Precision, TrainConfig
 from dit_repro.data.manifest import read_manifest
-from dit_repro.data.vae import VAEHandle, load_vae, strict_fp32
+from dit_repro.data.vae import VAEHandle, load_vae
 from dit_repro.diffusion import GaussianDiffusion, create_diffusion, sample
 from dit_repro.envinfo import resolve_device
 from dit_repro.fid.hashing import sha256_file
 from dit_repro.fid.layout import MAX_SAMPLES, SAMPLES_RECORD, image_name, npz_name
 from dit_repro.models import build_model, set_attention_backend
-from dit_repro.precision import matmul_precision
+from dit_repro.precision import matmul_precision, strict_fp32
 
 RECORD_FORMAT = "dit-repro-samples"
 """Value of ``format`` in ``samples.json``."""

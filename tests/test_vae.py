@@ -14,7 +14,6 @@ from dit_repro.data.vae import (
     TINY_RANDOM,
     VAEUnavailableError,
     load_vae,
-    strict_fp32,
     weights_sha256,
 )
 from tests.data_support import tiny_vae
@@ -49,14 +48,6 @@ def test_encoding_is_fp32_and_ignores_autocast():
     assert mean.dtype == torch.float32 and mean.shape == (2, 4, 4, 4)
     assert torch.equal(mean, mean_autocast) and torch.equal(logvar, logvar_autocast)
     assert logvar.min() >= -30 and logvar.max() <= 20
-
-
-def test_strict_fp32_restores_the_precision_flags():
-    matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    with strict_fp32():
-        assert matmul.fp32_precision == "ieee"
-    assert matmul.fp32_precision == before
 
 
 def test_diffusers_folder_loads_offline_with_the_same_fingerprint(tmp_path):

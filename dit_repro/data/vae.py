@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from dit_repro.config import ConfigError
+from dit_repro.precision import strict_fp32
 
 SD_VAE_CONFIG_DIR = Path(__file__).with_name("sd_vae")
 """Folder with the diffusers configuration of the SD ft-EMA / ft-MSE VAE."""
@@ -76,31 +75,6 @@ def _where_to_put_weights(spec: str) -> str:
         "file of the SD VAE, or a repo id already in the Hugging Face cache, also works. "
         f"'{TINY_RANDOM}' is a random test VAE."
     )
-
-
-@contextmanager
-def strict_fp32() -> Iterator[None]:
-    """Full-precision fp32 convolutions and matmuls (no TF32) inside the block, restored after.
-
-    cuDNN allows TF32 convolutions by default; the VAE would then encode differently from run
-    to run depending on the precision switch, and live encoding would drift from the cache.
-    """
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
-        # Newer PyTorch: mixing the legacy allow_tf32 flags with these raises, so use only these.
-        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
-        matmul.fp32_precision, cudnn.conv.fp32_precision = "ieee", "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
-    else:
-        saved_legacy = (matmul.allow_tf32, cudnn.allow_tf32)
-        matmul.allow_tf32, cudnn.allow_tf32 = False, False
-        try:
-            yield
-        finally:
-            matmul.allow_tf32, cudnn.allow_tf32 = saved_legacy
 
 
 def scaled_posterior_sample(
