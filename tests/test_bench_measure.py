@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from types import SimpleNamespace
 
@@ -17,39 +16,6 @@ from dit_repro.bench.measure import RowSession, count_saved_activations
 from dit_repro.bench.stats import WarmupPolicy
 from dit_repro.bench.workload import TrainerWorkload, build_workload
 from dit_repro.config import TrainConfig
-
-
-class ScriptedWorkload:
-    """Burns a scripted CPU time per step: a compile-like transient that settles at 2 ms."""
-
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def step(self) -> None:
-        deadline = time.process_time() + 0.002 + (0.03 if self.calls < 4 else 0.0)
-        while time.process_time() < deadline:
-            pass
-        self.calls += 1
-
-    def persistent_tensors(self) -> Iterable[torch.Tensor]:
-        return []
-
-
-def test_warmup_runs_past_the_transient_then_timing_appends_every_step() -> None:
-    workload = ScriptedWorkload()
-    session = RowSession(workload, WarmupPolicy(window=3, rel_tol=0.5, min_steps=4, max_steps=40))
-    record = session.warmup()
-    # Steps 0-3 take 32 ms: two windows of the settled 2 ms steps are needed after them.
-    assert record["steady"] and record["steps"] == workload.calls >= 4 + 2 * 3 - 1
-    assert min(record["step_times_s"][:4]) > 0.03
-    block = session.time_block(5)
-    assert block.wall == session.times.wall and len(session.times.wall) == 5
-    session.time_block(2)
-    assert len(session.times.wall) == len(session.times.cpu) == 7 and workload.calls == record["steps"] + 7
-    assert session.clock == "perf_counter"
-    assert min(session.times.cpu) >= 0.002 and min(session.times.wall) >= 0.002
 
 
 class VirtualClock:
@@ -72,6 +38,46 @@ class VirtualClock:
         self.now += seconds
 
 
+class ScriptedWorkload:
+    """Spends a scripted virtual time per step: a compile-like transient that settles at 2 ms."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, clock: VirtualClock | None = None) -> None:
+        self.clock = clock or VirtualClock()
+        self.calls = 0
+
+    def step(self) -> None:
+        self.clock.spend(0.002 + (0.03 if self.calls < 4 else 0.0))
+        self.calls += 1
+
+    def persistent_tensors(self) -> Iterable[torch.Tensor]:
+        return []
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    """A virtual clock standing in for both of the session's clocks."""
+    virtual = VirtualClock()
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=virtual.read, process_time=virtual.read))
+    return virtual
+
+
+def test_warmup_runs_past_the_transient_then_timing_appends_every_step(clock: VirtualClock) -> None:
+    workload = ScriptedWorkload(clock)
+    session = RowSession(workload, WarmupPolicy(window=3, rel_tol=0.5, min_steps=4, max_steps=40))
+    record = session.warmup()
+    # Steps 0-3 take 32 ms: two windows of the settled 2 ms steps are needed after them.
+    assert record["steady"] and record["steps"] == workload.calls >= 4 + 2 * 3 - 1
+    assert min(record["step_times_s"][:4]) > 0.03
+    block = session.time_block(5)
+    assert block.wall == session.times.wall and len(session.times.wall) == 5
+    session.time_block(2)
+    assert len(session.times.wall) == len(session.times.cpu) == 7 and workload.calls == record["steps"] + 7
+    assert session.clock == "perf_counter"
+    assert min(session.times.cpu) >= 0.002 and min(session.times.wall) >= 0.002
+
+
 class AlternatingWorkload:
     """Spends 2 ms and 6 ms of virtual time by turns: a stretch taken from any typical step would miss both."""
 
@@ -89,13 +95,10 @@ class AlternatingWorkload:
         return []
 
 
-def test_injected_slowdown_stretches_every_timed_step_by_the_factor_of_its_own_time(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_slowdown_stretches_every_timed_step_by_the_factor_of_its_own_time(clock: VirtualClock) -> None:
     # The injection busy-waits until the process has used half of what the step itself took, so a
     # 2 ms step costs 3 ms and a 6 ms step 9 ms; a stretch from the warm-up median (4 ms) would
     # make them 4 ms and 8 ms.
-    clock = VirtualClock()
-    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=clock.read, process_time=clock.read))
     policy = WarmupPolicy(window=4, rel_tol=0.5, min_steps=4, max_steps=40)
     by_length = []
     for factor in (None, 1.5):

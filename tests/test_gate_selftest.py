@@ -1,46 +1,25 @@
-"""The gate's self-test on real step-time noise of this machine.
+"""The gate's self-test machinery: its arguments, its refusals and the between-run rates.
 
-Requirement: a 10 % slowdown flagged in >= 95 % of draws, equal code in <= 1 %. The draws are
-seeded; the samples are real, so the rates move a little between machines and runs.
+Requirement: a 10 % slowdown flagged in >= 95 % of draws, equal code in <= 1 %. Whether the gate
+meets it on live step times is a benchmark (`dit-repro gate --self-test`, the README's table),
+never a test: a loaded machine would fail it. Tests of the rates on recorded and seeded samples
+are in test_gate_statistics.py.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dit_repro.bench.reference import Reference, ReferenceUnusable
+from dit_repro.gate.ab_selftest import require_identical_code
 from dit_repro.gate.between_runs import between_run_rates, relative_changes, time_identical_rows
 from dit_repro.gate.compare import RunSamples, Thresholds
 from dit_repro.gate.selftest import requirements_met, run_self_test
-
-
-@pytest.mark.slow
-def test_gate_catches_a_ten_percent_slowdown_and_rarely_cries_wolf() -> None:
-    """``dit-repro gate --self-test`` in a fresh process, as a user runs it.
-
-    A fresh process matters: inside a long test session the same one-thread matmul step showed a
-    CPU-time IQR of 22% of its median (allocator and thread-pool state left by earlier tests)
-    against 4-7% in a process of its own, and the self-test is about the gate, not that noise.
-    """
-    done = subprocess.run(
-        [sys.executable, "-m", "dit_repro.cli", "gate", "--self-test", "--draws", "500"],
-        capture_output=True, text=True, timeout=600,
-    )
-    print(done.stdout)
-    # Report rows: | x<factor> | <draws> | <flagged> | ...
-    rates = {
-        float(match.group(1)): int(match.group(3)) / int(match.group(2))
-        for match in re.finditer(r"^\| x(\d\.\d\d) \| (\d+) \| (\d+) \|", done.stdout, flags=re.M)
-    }
-    assert set(rates) >= {1.00, 1.10}, done.stdout + done.stderr
-    assert rates[1.10] >= 0.95, done.stdout
-    assert rates[1.00] <= 0.01, done.stdout
-    assert rates[1.03] <= rates[1.10]
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_self_test_refuses_too_few_samples_and_needs_both_key_factors() -> None:
@@ -90,3 +69,15 @@ def test_between_runs_below_two_is_a_usage_error_before_anything_is_timed() -> N
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--between-runs needs at least 2 runs" in done.stderr and "timing" not in done.stderr
+
+
+def test_the_a_b_self_test_needs_runs_and_code_identical_to_ref(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dit_repro.cli", "gate", "--self-test", "--against", "HEAD"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--between-runs R" in done.stderr, done.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "-C", str(other), "init", "-q"], check=True)
+    elsewhere = Reference("HEAD", "0" * 40, other, "HEAD")
+    with pytest.raises(ReferenceUnusable, match="REF in the repository holding this code"):
+        require_identical_code(elsewhere)

@@ -234,8 +234,9 @@ def run_bench(request: BenchRequest, log_dir: Path,
     default_environment). With ``partial_out``, the results so far are written there atomically
     before the first row and after every finished row, the rows still to come marked ``not_run``
     (REF's side beside it, see paired_path). On the sequential schedule (the GPU default) a bench
-    killed by a CI time limit thus keeps the rows it measured, and the gate fails the rest;
-    interleaved rows all finish at the end, so a killed interleaved run leaves every row ``not_run``.
+    killed by a CI time limit thus keeps the rows it measured, and the gate fails the rest; so does
+    an interleaved A/B, whose rows run pair by pair. A plain interleaved run finishes all its rows at
+    the end, so when killed it leaves every row ``not_run``.
     """
     scale = request.scale
     fingerprint = environment(request.device_type)
@@ -247,20 +248,19 @@ def run_bench(request: BenchRequest, log_dir: Path,
         ab = {"run_id": uuid.uuid4().hex, "against": request.against.spec,
               "reference_commit": request.against.commit, "candidate": describe_candidate()}
 
+    results_name = (partial_out or Path("results.json")).name
+    paired_names = {"candidate": paired_path(Path(results_name)).name, "reference": results_name}
+
+    def document(jobs: list[RowJob], side: str | None) -> dict[str, Any]:
+        block = None if ab is None or side is None else {**ab, "role": side, "paired_results": paired_names[side]}
+        return results_document(
+            command=request.command, matrix=request.matrix, scale=scale.to_dict(), device=device,
+            environment=fingerprint, jobs=[job for job in jobs if job.side == side], ab=block)
+
     def documents(jobs: list[RowJob]) -> BenchRun:
-        def document(side: str | None) -> dict[str, Any]:
-            block = None
-            if ab is not None:
-                other = "reference" if side == "candidate" else "candidate"
-                name = partial_out.name if partial_out is not None else "results.json"
-                paired = paired_path(Path(name)).name if other == "reference" else name
-                block = {**ab, "role": side, "paired_results": paired}
-            return results_document(
-                command=request.command, matrix=request.matrix, scale=scale.to_dict(), device=device,
-                environment=fingerprint, jobs=[job for job in jobs if job.side == side], ab=block)
         if ab is None:
-            return BenchRun(document(None))
-        return BenchRun(document("candidate"), document("reference"))
+            return BenchRun(document(jobs, None))
+        return BenchRun(document(jobs, "candidate"), document(jobs, "reference"))
 
     schedule = Schedule(scale.schedule, scale.timed_steps, scale.block_steps, scale.warmup, request.timeout_s)
     runner = MatrixRunner(schedule, log_dir, worker_command)

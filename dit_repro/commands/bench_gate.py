@@ -24,6 +24,7 @@ from dit_repro.config import ConfigError
 from dit_repro.gate import DEFAULT_BASELINES, EXIT_DATA_ERROR, GateInputs, Thresholds, run_gate
 
 from .bench import add_bench_arguments, bench_request, run_and_report
+from .gate import add_threshold_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--against", default=None, metavar="REF",
                         help="always A/B against REF in the same run, even where a stored baseline exists "
                              "(default: only without one, against auto); --rows implies it")
-    parser.add_argument("--time-threshold", type=float, default=0.05, help="relative time change that counts")
-    parser.add_argument("--memory-threshold", type=float, default=0.10, help="relative memory change that counts")
-    parser.add_argument("--alpha", type=float, default=0.01, help="significance level of each one-sided test")
+    add_threshold_arguments(parser)
     parser.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..bench.hardware import describe_key, key_slug
 from ..envinfo import environment_fingerprint
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(env, indent=2))
         return 0
     print(f"device      {env['device_name']} ({env['device']}, count {env['device_count']})")
+    print(f"hardware    {key_slug(env['hardware_key'])}: {describe_key(env['hardware_key'])}")
     print(f"torch       {env['torch']}  cuda {env['cuda']}  cudnn {env['cudnn']}  driver {env['driver']}")
     print("packages    " + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))
     print(f"git commit  {env['git_commit']}")

@@ -14,11 +14,21 @@ from dit_repro.gate.between_runs import between_run_rates, between_runs_report, 
 from dit_repro.gate.selftest import measure_matmul_samples, requirements_met, run_self_test, self_test_report
 
 
-def _fraction(text: str) -> float:
+def parse_fraction(text: str) -> float:
+    """A fraction in (0, 1) written as 0.05 or 5%."""
     value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) such as 0.05 or 5%, got {text!r}")
     return value
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """--time-threshold, --memory-threshold and --alpha (shared with ``bench-gate``)."""
+    parser.add_argument("--time-threshold", type=parse_fraction, default=0.05,
+                        help="relative change of time metrics that counts (default 0.05 = 5%%)")
+    parser.add_argument("--memory-threshold", type=parse_fraction, default=0.10,
+                        help="relative change of memory metrics that counts (default 0.10 = 10%%)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="significance level of each one-sided test (default 0.01)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--portable", action="store_true",
                         help="compare only machine-independent figures (multiply-adds, saved-activation bytes and "
                              "their ratios) against a baseline of this setup from any hardware")
-    parser.add_argument("--time-threshold", type=_fraction, default=0.05,
-                        help="relative change of time metrics that counts (default 0.05 = 5%%)")
-    parser.add_argument("--memory-threshold", type=_fraction, default=0.10,
-                        help="relative change of memory metrics that counts (default 0.10 = 10%%)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="significance level of each one-sided test (default 0.01)")
+    add_threshold_arguments(parser)
     parser.add_argument("--allow-missing", action="store_true",
                         help="without a baseline for this device, gate only faults (crashed rows) instead of failing")
     parser.add_argument("--report-dir", type=Path, default=None,

@@ -28,7 +28,7 @@ from dit_repro.bench.schema import write_json_atomic
 
 from .compare import RunSamples, Thresholds, Verdict
 from .metrics import GateInputs, ab_time_comparison, interleave_block, step_clock
-from .selftest import FACTORS, RateEstimate
+from .selftest import FACTORS, RateEstimate, spread_line
 
 
 @dataclass(frozen=True)
@@ -142,15 +142,13 @@ def ab_changes(runs: Sequence[ABRun]) -> np.ndarray:
 
 def ab_report(runs: Sequence[ABRun], estimates: Sequence[RateEstimate], thresholds: Thresholds, source: str) -> str:
     """Markdown: the spread of identical code between the sides, and the flag rate per factor."""
-    deviation = np.abs(ab_changes(runs) - 1.0)
     lines = [
         "## Same-run A/B",
         "",
         f"runs: {len(runs)} fresh `bench --against` runs ({source}), REF's code identical to this code; every row of "
         f"every run is one A/B pair, the candidate side's step times scaled by the factor; time threshold "
         f"{thresholds.time:.0%}, significance level {thresholds.alpha}",
-        f"spread between the sides at equal code ({deviation.size} row-pairs): median |change| "
-        f"{np.median(deviation):.1%}, 95th percentile {np.percentile(deviation, 95):.1%}, largest {deviation.max():.1%}",
+        spread_line(ab_changes(runs), "spread between the sides at equal code"),
         "",
         "| slowdown | row-pairs | flagged as regression | rate | 95% CI |",
         "|---|---|---|---|---|",

@@ -31,7 +31,7 @@ from dit_repro.bench.stats import WarmupPolicy
 
 from .compare import RunSamples, Thresholds, Verdict
 from .metrics import MIN_ROWS_FOR_RELATIVE_TIME, GateInputs, machine_speed_factor, relative_time_comparison
-from .selftest import FACTORS, RateEstimate
+from .selftest import FACTORS, RateEstimate, spread_line
 
 BLOCK_STEPS = 2
 """Steps per round, as in the CPU smoke bench."""
@@ -102,8 +102,6 @@ def between_run_rates(runs: Sequence[RunSamples], thresholds: Thresholds, factor
 def between_runs_report(runs: Sequence[RunSamples], estimates: Sequence[RateEstimate], thresholds: Thresholds,
                         source: str = f"{SIZE}x{SIZE} matmul step, batch {BATCH}, one thread, CPU time") -> str:
     """Markdown: the run-to-run spread at equal code and the flag rate per factor."""
-    changes = relative_changes(runs)
-    deviation = np.abs(changes - 1.0)
     rows = len(runs[0].rows)
     lines = [
         "## Across fresh runs",
@@ -111,9 +109,7 @@ def between_runs_report(runs: Sequence[RunSamples], estimates: Sequence[RateEsti
         f"runs: {len(runs)} fresh interleaved runs of {rows} identical rows ({source}); every pair of runs "
         f"(earlier = baseline) and every row through the gate's relative step-time comparison; "
         f"time threshold {thresholds.time:.0%}, significance level {thresholds.alpha}",
-        f"run-to-run spread at equal code (row change / machine speed factor, {changes.size} row-pairs): "
-        f"median |change| {np.median(deviation):.1%}, 95th percentile {np.percentile(deviation, 95):.1%}, "
-        f"largest {deviation.max():.1%}",
+        spread_line(relative_changes(runs), "run-to-run spread at equal code (row change / machine factor)"),
         "",
         "| slowdown | row-pairs | flagged as regression | rate | 95% CI (pairs share runs: indicative) |",
         "|---|---|---|---|---|",

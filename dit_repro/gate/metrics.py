@@ -34,6 +34,7 @@ from .compare import (
     Verdict,
     compare_bootstrap,
     compare_exact,
+    compare_round_ratios,
     compare_samples,
 )
 
@@ -187,16 +188,14 @@ def relative_time_comparison(name: str, base: RunSamples, cur: RunSamples, input
 
 def ab_time_comparison(name: str, base: RunSamples, cur: RunSamples, inputs: GateInputs,
                        rng: np.random.Generator) -> Comparison:
-    """Row ``name``'s step time, candidate against REF of one interleaved A/B run, same rounds drawn for both."""
-    def change(b: dict[str, np.ndarray], c: dict[str, np.ndarray]) -> np.ndarray:
-        return c[name] / b[name]
-
-    return compare_bootstrap(
-        f"{name}: step time", "s", change, RunSamples({name: base.rows[name]}, base.block),
+    """Row ``name``'s step time, candidate against REF of one interleaved A/B run: median of the paired
+    round ratios, bootstrap over rounds (see dit_repro.gate.compare)."""
+    return compare_round_ratios(
+        f"{name}: step time", "s", lambda medians: medians[name], RunSamples({name: base.rows[name]}, base.block),
         RunSamples({name: cur.rows[name]}, cur.block),
         (float(np.median(base.rows[name])), float(np.median(cur.rows[name]))), inputs.thresholds.time,
-        inputs.thresholds.alpha, higher_is_better=False, resamples=inputs.resamples, rng=rng, paired=True,
-        note="same-run A/B; bootstrap over rounds timed together")
+        inputs.thresholds.alpha, higher_is_better=False, resamples=inputs.resamples, rng=rng,
+        note="same-run A/B; median of paired round ratios, bootstrap over rounds")
 
 
 def _ab_time_metrics(base_rows: dict[str, dict], cur_rows: dict[str, dict], blocks: tuple[int | None, int | None],
@@ -204,6 +203,10 @@ def _ab_time_metrics(base_rows: dict[str, dict], cur_rows: dict[str, dict], bloc
     names = [n for n, row in base_rows.items() if _get(row, "timing", clock) and _get(cur_rows.get(n), "timing", clock)]
     base = RunSamples({n: base_rows[n]["timing"][clock] for n in names}, blocks[0])
     cur = RunSamples({n: cur_rows[n]["timing"][clock] for n in names}, blocks[1])
+    if base.block is None:  # the sides ran one after the other (--schedule sequential): no rounds to pair
+        thr = inputs.thresholds
+        return {n: compare_samples(f"{n}: step time", "s", base.rows[n], cur.rows[n], thr.time, thr.alpha)
+                for n in names}
     return {name: ab_time_comparison(name, base, cur, inputs, rng) for name in names}
 
 
@@ -237,8 +240,15 @@ def _ratio_metrics(ratios: list[dict[str, Any]], base_rows: dict[str, dict], cur
             cur = RunSamples({num: values["c_num"], den: values["c_den"]}, blocks[1])
             shown = (float(np.median(values["b_num"]) / np.median(values["b_den"])),
                      float(np.median(values["c_num"]) / np.median(values["c_den"])))
-            out.append(compare_bootstrap(ratio["name"], unit, change, base, cur, shown, threshold, thr.alpha,
-                                         ratio["higher_is_better"], inputs.resamples, rng, paired=mode == "ab"))
+            if mode == "ab" and blocks[0] is not None:
+                # (c_num / c_den) / (b_num / b_den) = row num's paired change / row den's
+                out.append(compare_round_ratios(
+                    ratio["name"], unit, lambda m, n=num, d=den: m[n] / m[d], base, cur, shown, threshold,
+                    thr.alpha, ratio["higher_is_better"], inputs.resamples, rng,
+                    note="same-run A/B; ratio of the rows' median paired round ratios"))
+            else:
+                out.append(compare_bootstrap(ratio["name"], unit, change, base, cur, shown, threshold, thr.alpha,
+                                             ratio["higher_is_better"], inputs.resamples, rng))
         else:
             out.append(compare_exact(ratio["name"], unit, values["b_num"] / values["b_den"],
                                      values["c_num"] / values["c_den"], threshold, ratio["higher_is_better"]))
@@ -264,8 +274,9 @@ def gate_comparisons(baseline: dict[str, Any], current: dict[str, Any], inputs: 
                      "not gated; compared are step times relative to the other rows of the same run, ratios between "
                      "rows, saved-activation bytes and multiply-adds.")
     elif cpu:
-        notes.append("CPU gate, same-run A/B: both sides timed in the same rounds on this machine, so absolute "
-                     "step times compare (paired over rounds), with ratios, saved-activation bytes and multiply-adds.")
+        notes.append("CPU gate, same-run A/B: the two sides of each row took turns in the same rounds on this "
+                     "machine, so absolute step times compare (each round a paired ratio), with ratios, "
+                     "saved-activation bytes and multiply-adds.")
     blocks = (interleave_block(baseline), interleave_block(current))
     clock = step_clock(baseline, current)
     if clock == "cpu_times_s" and mode != "portable":

@@ -63,6 +63,13 @@ class RateEstimate:
                 f"{self.ci_low:.1%} - {self.ci_high:.1%} |")
 
 
+def spread_line(changes: np.ndarray, what: str) -> str:
+    """``<what> (<n> row-pairs): median |change| a%, 95th percentile b%, largest c%`` of changes around 1."""
+    deviation = np.abs(np.asarray(changes, dtype=float) - 1.0)
+    return (f"{what} ({deviation.size} row-pairs): median |change| {np.median(deviation):.1%}, "
+            f"95th percentile {np.percentile(deviation, 95):.1%}, largest {deviation.max():.1%}")
+
+
 def measure_matmul_samples(count: int = 400, size: int = 512, batch: int = 512, threads: int = 1,
                            seed: int = 0) -> list[float]:
     """Time ``count`` steps of a small matmul training step on the CPU after a steady warm-up.
