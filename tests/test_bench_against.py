@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from dit_repro.bench.matrices import build_matrix
+from dit_repro.bench.plan import SMOKE_SCALE, BenchRequest, with_overrides
 from dit_repro.bench.reference import (
+    Reference,
     ReferenceUnusable,
     candidate_root,
     checked_out,
@@ -174,3 +177,12 @@ def test_bench_gate_without_history_or_baseline_exits_2_naming_both_ways(tmp_pat
     assert done.returncode == EXIT_DATA_ERROR, done.stdout + done.stderr
     assert all(way in done.stderr for way in WAYS), done.stderr
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_an_a_b_times_more_steps_per_side_at_the_smoke_scale_unless_steps_are_given() -> None:
+    reference = Reference("HEAD", "0" * 40, Path("."), "HEAD")
+    matrix = build_matrix("table4", "cpu")
+    assert BenchRequest(matrix, SMOKE_SCALE, "cpu").scale.timed_steps == 60
+    assert BenchRequest(matrix, SMOKE_SCALE, "cpu", against=reference).scale.timed_steps == 120
+    given = with_overrides(SMOKE_SCALE, timed_steps=30)
+    assert BenchRequest(matrix, given, "cpu", against=reference).scale.timed_steps == 30

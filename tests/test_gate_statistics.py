@@ -45,7 +45,8 @@ def _ab_documents(tmp_path: Path, run: ABRun, scale: dict[str, float]) -> Path:
         jobs = [make_job(name, times=list(np.asarray(times) * factors.get(name, 1.0)), device_type="cpu")
                 for name, times in samples.rows.items()]
         document = make_results(jobs)
-        document["scale"]["block_steps"], document["scale"]["timed_steps"] = samples.block, 60
+        document["scale"]["block_steps"] = samples.block
+        document["scale"]["timed_steps"] = len(next(iter(samples.rows.values())))
         return document
 
     reference, candidate = side(run.reference, {}), side(run.candidate, scale)

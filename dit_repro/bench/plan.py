@@ -64,6 +64,12 @@ class BenchScale:
     """True when this is the CPU smoke scale rather than the paper's."""
     notes: tuple[str, ...] = field(default=())
     """What the reader must know about this scale."""
+    ab_timed_steps: int | None = None
+    """Timed steps per side in a same-run A/B, where more than ``timed_steps`` are needed (None: the same)."""
+
+    def for_ab(self) -> BenchScale:
+        """This scale as a same-run A/B times it."""
+        return self if self.ab_timed_steps is None else dataclasses.replace(self, timed_steps=self.ab_timed_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``scale`` block of the results."""
@@ -87,7 +93,9 @@ PAPER_SCALE = BenchScale(
 SMOKE_SCALE = BenchScale(
     # Rounds of two steps: the rows of one round are timed within about a second of each other,
     # so that drift of a shared machine stays paired (the CPU gate resamples whole rounds).
-    model="DiT-S/2", global_batch_size=8, image_size=32, timed_steps=60, block_steps=2,
+    # A/B: 120 steps per side (60 paired rounds). With 60, one row-pair in 42 of identical code came out
+    # 5 % apart (bf16 rows on a loaded 2-core VM), and a 10 % slowdown of it was missed.
+    model="DiT-S/2", global_batch_size=8, image_size=32, timed_steps=60, block_steps=2, ab_timed_steps=120,
     schedule="interleaved", warmup=WarmupPolicy(window=5, rel_tol=0.05, min_steps=10, max_steps=60),
     data="synthetic:count=64,classes=10", vae="tiny-random", num_classes=None, threads=1, smoke=True,
     notes=("CPU smoke scale: DiT-S/2, batch 8, 32 px, the tiny random test VAE, one thread per row; absolute "
@@ -137,9 +145,12 @@ class BenchRequest:
     command: list[str] = field(default_factory=lambda: list(sys.argv))
     """The command line, stored in the results."""
     against: Reference | None = None
-    """Same-run A/B: REF's code runs every row too, beside this code (``bench --against``)."""
+    """Same-run A/B: REF's code runs every row too, beside this code (``bench --against``); the scale
+    then times ``scale.ab_timed_steps`` per side."""
 
     def __post_init__(self) -> None:
+        if self.against is not None:
+            self.scale = self.scale.for_ab()
         unknown = sorted(set(self.inject_slowdown) - {row.name for row in self.matrix.rows})
         if unknown:
             names = ", ".join(row.name for row in self.matrix.rows)
@@ -310,6 +321,8 @@ def with_overrides(scale: BenchScale, **overrides: Any) -> BenchScale:
     overridden a note saying what actually runs takes the first note's place.
     """
     changed = {k: v for k, v in overrides.items() if v is not None}
+    if "timed_steps" in changed:
+        changed["ab_timed_steps"] = None  # steps given by the user hold for an A/B too
     result = dataclasses.replace(scale, **changed)
     described = ("model", "global_batch_size", "image_size", "vae", "data")
     if any(getattr(result, key) != getattr(scale, key) for key in described):

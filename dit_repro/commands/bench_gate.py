@@ -17,7 +17,6 @@ from pathlib import Path
 from dit_repro.bench.baselines import MissingBaseline, baseline_name, find_baseline
 from dit_repro.bench.hardware import describe_key
 from dit_repro.bench.plan import EnvironmentProbeError, default_environment
-from dit_repro.bench.reference import resolve_reference
 from dit_repro.bench.results import device_block
 from dit_repro.bench.schema import ResultsError
 from dit_repro.config import ConfigError
@@ -71,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         if against is None:
             _say(f"gating against the stored baseline of this hardware: {stored}")
         else:
-            request.against = resolve_reference(against, args.repo)
+            request = bench_request(args, against)
+            assert request.against is not None
             _say(f"same-run A/B: this code against {request.against.how}"
                  + (f"; {reason}" if reason else "; --against given"))
         run_and_report(request, args.out, environment=lambda _: fingerprint)

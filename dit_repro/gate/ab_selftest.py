@@ -26,7 +26,7 @@ from dit_repro.bench.plan import BenchRequest, BenchRun, default_scale, resolve_
 from dit_repro.bench.reference import Reference, ReferenceUnusable, candidate_root, repository_of
 from dit_repro.bench.schema import write_json_atomic
 
-from .compare import RunSamples, Thresholds, Verdict
+from .compare import RunSamples, Thresholds, Verdict, round_ratios
 from .metrics import GateInputs, ab_time_comparison, interleave_block, step_clock
 from .selftest import FACTORS, RateEstimate, spread_line
 
@@ -135,8 +135,8 @@ def load_ab_runs(path: Path) -> list[ABRun]:
 
 
 def ab_changes(runs: Sequence[ABRun]) -> np.ndarray:
-    """Point estimates of candidate / REF median step time for every row of every run (identical code)."""
-    return np.asarray([np.median(run.candidate.rows[n]) / np.median(run.reference.rows[n])
+    """The gate's point estimate (median paired round ratio) of every row of every run (identical code)."""
+    return np.asarray([np.median(round_ratios(run.reference.rows[n], run.candidate.rows[n], run.candidate.block or 1))
                        for run in runs for n in run.reference.rows], dtype=float)
 
 
