@@ -142,7 +142,7 @@ def test_bench_against_a_ref_runs_both_sides_in_one_run_and_the_gate_pairs_them(
         assert all(len(row["timing"]["cpu_times_s"]) == 8 for row in document["rows"])
     logs = sorted(p.name for p in (out.parent / "logs").iterdir())
     assert logs == sorted(f"{row}_{side}_.log" for row in ("plain", "ckpt", "tf32") for side in ("candidate", "reference"))
-    assert "A/B in one run" in done.stderr and "about twice the time" in done.stderr
+    assert "A/B in one run" in done.stderr and "every row runs twice, 8 timed steps per side" in done.stderr
     assert len(git(repo, "worktree", "list").splitlines()) == 1
 
     # The gate finds REF's side by itself and compares every figure, absolute CPU times included.

@@ -1,9 +1,10 @@
 """The gate's detection and false-alarm rates, on recorded step times and on seeded synthetic ones.
 
 No test here times anything: live rates are a benchmark (`dit-repro gate --self-test`, the README
-table). ``tests/data/ab_smoke_cpu.json`` holds the per-step CPU times of real same-run A/B benches of
-the CPU smoke matrix with identical code on both sides (recorded with ``dit-repro gate --self-test
---between-runs 4 --against HEAD --save-samples``; the machine is named in the file).
+table). ``tests/data/ab_smoke_cpu_*steps.json`` hold the per-step CPU times of real same-run A/B
+benches of the CPU smoke matrix with identical code on both sides, 60 and 120 timed steps per side
+(recorded with ``dit-repro gate --self-test --between-runs R --against HEAD --save-samples``; the
+machine is named in each file).
 """
 
 from __future__ import annotations
@@ -21,22 +22,20 @@ from dit_repro.gate.compare import RunSamples, compare_bootstrap
 from dit_repro.gate.selftest import requirements_met, run_self_test
 from tests.bench_documents import make_job, make_results
 
-RECORDING = Path(__file__).resolve().parent / "data" / "ab_smoke_cpu.json"
+RECORDINGS = {steps: Path(__file__).resolve().parent / "data" / f"ab_smoke_cpu_{steps}steps.json" for steps in (60, 120)}
 
 
-@pytest.fixture(scope="module")
-def recorded() -> list[ABRun]:
-    return load_ab_runs(RECORDING)
-
-
-def test_the_recording_is_real_a_b_runs_of_the_smoke_matrix(recorded: list[ABRun]) -> None:
-    data = json.loads(RECORDING.read_text())
+@pytest.fixture(scope="module", params=sorted(RECORDINGS), ids=lambda steps: f"{steps}steps")
+def recorded(request: pytest.FixtureRequest) -> list[ABRun]:
+    runs = load_ab_runs(RECORDINGS[request.param])
+    data = json.loads(RECORDINGS[request.param].read_text())
     assert data["hardware_key"]["type"] == "cpu" and "against HEAD" in data["source"]
-    assert len(recorded) >= 3
-    for run in recorded:
+    assert len(runs) >= 3
+    for run in runs:
         assert list(run.reference.rows) == list(run.candidate.rows) == [
             "original", "gcp-no-tf32", "gcp", "gcp+amp", "gcp+features", "gcp+amp+features"]
-        assert run.candidate.block == 2 and all(len(v) == 60 for v in run.candidate.rows.values())
+        assert run.candidate.block == 2 and all(len(v) == request.param for v in run.candidate.rows.values())
+    return runs
 
 
 def _ab_documents(tmp_path: Path, run: ABRun, scale: dict[str, float]) -> Path:

@@ -278,7 +278,7 @@ def run_bench(request: BenchRequest, log_dir: Path,
     with tempfile.TemporaryDirectory(prefix="dit-repro-bench-cache-") as tmp, _reference_code(request) as ref_root:
         if request.against is not None:
             runner.say(f"A/B in one run: this code ({ab['candidate']}) against {request.against.how}, checked out "
-                       f"in {ref_root}; every row runs twice, about twice the time of a plain bench")
+                       f"in {ref_root}; every row runs twice, {request.scale.timed_steps} timed steps per side")
         cache_dir = request.cache_dir
         if cache_dir is None and request.needs_cache():
             runner.say(f"building a temporary latent cache ({scale.data}, {scale.image_size} px, VAE {scale.vae})")

@@ -45,7 +45,8 @@ same-run A/B (--against REF): every row runs twice in one run, once with this co
 REF's (any git ref, checked out into a temporary git worktree and run in fresh worker processes of
 this same environment), interleaved on a CPU, back to back on a GPU. The gate then compares the two
 sides: on the same machine at the same time, so no stored number from other hardware is involved.
-It costs about twice the time of a plain bench; --rows picks a subset. REF's side is written to
+It costs twice the rows of a plain bench, and at the CPU smoke scale twice the steps per row too
+(120 per side: 60 paired rounds), about 3.5x a plain bench; --rows picks a subset. REF's side is written to
 results-reference.json beside the results; `dit-repro gate RESULTS` finds it.
   --against auto   the merge-base of HEAD with origin/main (or main); HEAD's parent when HEAD is it
   --against HEAD   with uncommitted changes: measures them against the last commit
