@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dit_repro.bench.runner import MatrixRunner, RowJob, Schedule, round_order
 from dit_repro.bench.stats import WarmupPolicy
+from dit_repro.bench.worker import classify_failure
 
 POLICY = WarmupPolicy(window=3, rel_tol=0.5, min_steps=6, max_steps=30)
 
@@ -152,3 +154,14 @@ def test_cuda_out_of_memory_is_a_result_with_the_memory_at_the_failure(tmp_path:
     assert huge.status == "oom" and huge.error["type"] == "OutOfMemoryError"
     assert huge.memory is not None and huge.memory["kind"] == "cuda" and huge.memory["num_ooms"] >= 1
     assert fits.status == "ok" and len(fits.times) == 5 and fits.memory["kind"] == "cuda"
+
+
+def test_library_allocation_failures_are_out_of_memory_results() -> None:
+    # The messages torch raises when cuBLAS or cuDNN cannot get memory, and the CPU allocator's.
+    for message in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED", "cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+                    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"):
+        assert classify_failure(RuntimeError(message)) == "oom", message
+    assert classify_failure(torch.OutOfMemoryError("CUDA out of memory")) == "oom"
+    assert classify_failure(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")) == "error"
+    assert classify_failure(ValueError("bad")) == "error"

@@ -33,12 +33,18 @@ WORKER_PROTOCOL = 2
 the two sides of a same-run A/B (``bench --against``) can prove which code they measured."""
 
 
+ALLOCATION_FAILURES = ("can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+"""Messages of a plain RuntimeError that mean memory ran out: the CPU allocator's, and cuBLAS's and
+cuDNN's when they cannot get their workspace (the caching allocator's own OOM has its own type)."""
+
+
 def classify_failure(exc: BaseException) -> str:
     """Result status of an exception: ``oom``, ``unavailable`` or ``error``."""
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return "oom"
-    if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):
-        return "oom"  # the CPU allocator raises a plain RuntimeError
+    if isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in ALLOCATION_FAILURES):
+        return "oom"
     if isinstance(exc, AttentionBackendUnavailable):
         return "unavailable"
     return "error"
