@@ -1,10 +1,10 @@
-"""Atomic file writes and file hashing: a reader sees the old file or the whole new one, never a part."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never a part."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,28 +16,31 @@ TMP_PREFIX = ".tmp-"
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
 
-    The temporary name carries the process id so that concurrent writers never share one;
-    ``os.replace`` within one folder is atomic. Writers that take a path (safetensors, torch,
-    PIL, matplotlib) can be used as they are.
+    The temporary is named ``{TMP_PREFIX}{pid}-{random}-{name}``: unique among concurrent writers,
+    processes or threads, and ending in the final name so that writers which choose a format by the
+    file's suffix (PIL, matplotlib) choose the right one. ``os.replace`` within one folder is
+    atomic. Writers that take a path (safetensors, torch, PIL, matplotlib) can be used as they are.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        # Some writers (safetensors) create private 0600 files; give the result the usual umask
-        # mode so that caches and reports can be shared.
-        os.chmod(tmp, _default_file_mode())
+        # mkstemp and some writers (safetensors) create private 0600 files; give the result the
+        # usual umask mode so that caches, results and reports can be shared.
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def _default_file_mode() -> int:
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode ``open()`` would have given a new file."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -53,15 +56,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``value`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+def write_json_atomic(path: str | os.PathLike, value: Any, *, sort_keys: bool = True,
+                      allow_nan: bool = True) -> Path:
+    """Write ``value`` as JSON indented by one space, with a final newline, to ``path`` atomically.
 
-
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+    ``sort_keys=False`` keeps the dicts' own order (results files list fields in the schema's
+    order); ``allow_nan=False`` raises ValueError on NaN or infinity, which strict JSON readers reject.
+    """
+    return write_text_atomic(path, json.dumps(value, indent=1, sort_keys=sort_keys, allow_nan=allow_nan) + "\n")

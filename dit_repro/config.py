@@ -189,6 +189,10 @@ class TrainConfig:
     """Steps between checkpoints (0: only at the end, when out_dir is set)."""
     resume: str | None = None
     """Checkpoint file to resume from."""
+    strict_fp32_encode: bool = False
+    """features=live: encode with TF32 forbidden. By default the encode runs under the precision
+    switch's TF32 flags (allowed under tf32, fp16 and bf16), as DiT's train.py does; strict fp32 is
+    what the latent cache is extracted with, and what the cached-vs-live equivalence compares."""
     switches: Switches = field(default_factory=Switches)
     """The optimization switches."""
 

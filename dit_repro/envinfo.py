@@ -13,21 +13,9 @@ import torch
 
 from .bench.hardware import cpu_key, gpu_key
 from .models.attention import backend_report
+from .switches import resolve_device
 
 PACKAGES = ("torch", "torchvision", "timm", "diffusers", "accelerate", "torch-fidelity", "scipy", "safetensors", "numpy")
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> cuda when a CUDA device is visible, else cpu; other values are validated."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was asked for but no CUDA device is visible; use --device cpu")
-    return device
 
 
 def device_name(device: torch.device) -> str:

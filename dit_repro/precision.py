@@ -83,3 +83,44 @@ def strict_fp32() -> Iterator[None]:
     """
     with tf32_allowed(False):
         yield
+
+
+def tf32_preflight(device: torch.device | str) -> list[dict[str, object]]:
+    """Every precision value's TF32 flags, read through both APIs, with an fp32 matmul and convolution run
+    on ``device`` under them and inside :func:`strict_fp32`.
+
+    On a GPU each fp32 cuBLAS matmul and cuDNN convolution checks that the legacy and new APIs
+    agree and raises if they do not; on a CPU reading the legacy getters is the same check. One
+    line per precision: the flags outside and inside the strict block, and ``ok``. Raises nothing:
+    a failure is recorded in ``error``. The process's flags are restored afterwards.
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(64, 64, generator=generator).to(device) for _ in range(2))
+    image = torch.randn(1, 3, 16, 16, generator=generator).to(device)
+    kernel = torch.randn(4, 3, 3, 3, generator=generator).to(device)
+
+    def probe() -> dict[str, object]:
+        (a @ b).sum().item()
+        torch.nn.functional.conv2d(image, kernel).sum().item()
+        return {"legacy": tf32_state(), "new": (torch.backends.cuda.matmul.fp32_precision,
+                                                torch.backends.cudnn.conv.fp32_precision)}
+
+    lines: list[dict[str, object]] = []
+    saved = tf32_state()
+    try:
+        for precision in Precision:
+            line: dict[str, object] = {"precision": precision.value}
+            try:
+                set_matmul_precision(precision)
+                line["outside"] = probe()
+                with strict_fp32():
+                    line["strict"] = probe()
+                line["after_strict"] = probe()
+                line["ok"] = line["outside"] == line["after_strict"] and line["strict"]["legacy"] == (False, False)
+            except RuntimeError as exc:
+                line.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            lines.append(line)
+    finally:
+        restore_tf32_state(saved)
+    return lines

@@ -23,7 +23,6 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,12 @@ from dit_repro.config import ConfigError, Features, Precision, TrainConfig
 from dit_repro.data.manifest import read_manifest
 from dit_repro.data.vae import VAEHandle, load_vae
 from dit_repro.diffusion import GaussianDiffusion, create_diffusion, sample
-from dit_repro.envinfo import resolve_device
-from dit_repro.fid.hashing import sha256_file
+from dit_repro.distributed import launched_process
 from dit_repro.fid.layout import MAX_SAMPLES, SAMPLES_RECORD, image_name, npz_name
-from dit_repro.models import build_model, set_attention_backend
-from dit_repro.precision import matmul_precision, strict_fp32
+from dit_repro.hashing import sha256_file
+from dit_repro.models import build_model
+from dit_repro.precision import autocast_dtype, matmul_precision, strict_fp32
+from dit_repro.switches import apply_attention, autocast_context, resolve_device
 
 RECORD_FORMAT = "dit-repro-samples"
 """Value of ``format`` in ``samples.json``."""
@@ -64,8 +64,6 @@ WEIGHTS = ("ema", "raw")
 """Which weights of a checkpoint sample: the EMA (as papers report) or the raw trained ones."""
 FORMATS = ("png", "npz")
 """Output formats: PNGs only, or PNGs plus the packed ADM ``.npz``."""
-AUTOCAST_DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
-"""Autocast dtype of each reduced precision."""
 
 
 class SamplesMismatchError(ConfigError):
@@ -147,7 +145,7 @@ def generate(
     for chunk in tqdm(batches, disable=not progress, unit="batch", desc="sampling"):
         generators = [image_generator(seed, index) for index in chunk]
         labels = torch.tensor([image_label(g, model.num_classes) for g in generators], dtype=torch.long)
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device.type, autocast_dtype):
             samples, _ = sample(
                 diffusion,
                 model,
@@ -163,10 +161,6 @@ def generate(
             )
         images = decode(samples) if decode is not None else samples
         yield chunk, to_uint8(images)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +260,7 @@ def load_sampling_model(
     model = build_model(config.model, **model_args)
     model.load_state_dict(state[weights if weights == "ema" else "model"])
     model.eval().requires_grad_(False).to(device)
-    selection = set_attention_backend(model, attention, device, AUTOCAST_DTYPES.get(precision, torch.float32))
+    selection = apply_attention(model, attention, device, autocast_dtype(precision))
     sample_shape = (model.in_channels, model.input_size, model.input_size)
     decode, decoder = _decoder(config, vae, device)
     return SamplingModel(
@@ -387,10 +381,7 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
     if request.image_format not in FORMATS:
         raise ConfigError(f"unknown format {request.image_format!r}; choose one of {', '.join(FORMATS)}")
     share = rank_indices(request.num, request.rank, request.world_size)
-    device = resolve_device(request.device)
-    if device.type == "cuda" and device.index is None:
-        # One GPU per process under torchrun; more processes than GPUs share them round robin.
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    device = resolve_device(request.device, local_rank=launched_process().local_rank)
     loaded = load_sampling_model(
         request.checkpoint,
         weights=request.weights,
@@ -420,7 +411,7 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
             clip_denoised=_clip_denoised(request, loaded),
             batch_size=request.batch_size,
             decode=loaded.decode,
-            autocast_dtype=AUTOCAST_DTYPES.get(request.precision),
+            autocast_dtype=autocast_dtype(request.precision),
             progress=request.progress and request.rank == 0,
         ):
             for index, image in zip(chunk, images, strict=True):

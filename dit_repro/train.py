@@ -1,6 +1,7 @@
-"""The training loop: builds the model with every switch applied in one fixed order, and steps it.
+"""The training loop: builds the model, applies the switches (:mod:`dit_repro.switches`), and steps it.
 
-Order of the switches, everywhere: precision, checkpointing, compile, DDP.
+The step reads nothing back to the host; losses are read, all-reduced and checked once per
+logging window (:meth:`Trainer.read_back`).
 
 Randomness. The global RNGs of every library are seeded with ``seed + rank``. The draws that define
 the maths of a step (timesteps, noise, label dropout) come from a generator seeded with
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,12 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .atomic import write_json_atomic
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
-    Checkpointing,
-    CompileMode,
-    CompileScope,
     ConfigError,
     Distributed,
     Precision,
@@ -41,9 +39,9 @@ from .config import (
 from .data import build_feature_source
 from .diffusion import create_diffusion
 from .distributed import ProcessInfo, init_process_group, launched_process, mean_over_processes
-from .envinfo import environment_fingerprint, resolve_device
-from .models import build_model, set_attention_backend
-from .precision import autocast_dtype, set_matmul_precision
+from .envinfo import environment_fingerprint
+from .models import build_model
+from .switches import apply_attention, apply_switches, diffusion_loss, resolve_device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,7 +50,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one optimizer step produced."""
+    """What one optimizer step produced, as read back at the end of its logging window."""
 
     step: int
     """The step number after this step (1 for the first)."""
@@ -63,7 +61,18 @@ class StepResult:
     grad_scale_skipped: bool
     """fp16 only: the gradient scaler found inf/NaN gradients and skipped the update."""
     step_time_s: float
-    """Wall time of the step on this process (data preparation, forward, backward, update)."""
+    """Mean wall time per step of the window this step was read back with (the steps run
+    asynchronously on a GPU, so only a window's time, closed by the read-back, is a real duration)."""
+
+
+@dataclass(frozen=True)
+class _PendingStep:
+    """A step whose loss is still on the device: read back with its window, never one by one."""
+
+    step: int
+    loss: torch.Tensor
+    lr: float
+    skipped: torch.Tensor | None
 
 
 def seed_everything(seed: int) -> None:
@@ -76,15 +85,6 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int) -> int:
     """A well-mixed 63-bit seed for the draws of ``step`` under the global ``seed``."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def checkpointed_blocks(mode: Checkpointing, every: int, num_blocks: int) -> frozenset[int]:
-    """Indices of the blocks to checkpoint: none, all, or every k-th (0, k, 2k, ...)."""
-    if mode is Checkpointing.NONE:
-        return frozenset()
-    if mode is Checkpointing.FULL:
-        return frozenset(range(num_blocks))
-    return frozenset(range(0, num_blocks, every))
 
 
 def build_optimizer(model: nn.Module, recipe: ProtocolRecipe, device: torch.device) -> tuple[torch.optim.AdamW, str]:
@@ -112,6 +112,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         switches = cfg.switches
+        self.setup_times: dict[str, float] = {}
+        """Seconds spent building the data source (``data_s``) and the model with its switches,
+        optimizer and EMA (``build_s``): the fixed cost of a run before its first step."""
         self.device = resolve_device(cfg.device)
         self.process = self._join_processes()
         if cfg.global_batch_size % self.process.world_size:
@@ -122,13 +125,19 @@ class Trainer:
         self.local_batch_size = cfg.global_batch_size // self.process.world_size
         seed_everything(cfg.seed + self.process.rank)
 
+        began = time.perf_counter()
         self.source = build_feature_source(cfg, self.process.rank, self.process.world_size)
-        self.model = build_model(
-            cfg.model,
-            input_size=self.source.input_size,
-            in_channels=self.source.in_channels,
-            num_classes=self.source.num_classes,
-        ).to(self.device)
+        self.setup_times["data_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        # Built where it trains: on a GPU the initialisation runs there, with no host copy of the
+        # weights; on a CPU this is the same computation as building and then moving.
+        with torch.device(self.device):
+            self.model = build_model(
+                cfg.model,
+                input_size=self.source.input_size,
+                in_channels=self.source.in_channels,
+                num_classes=self.source.num_classes,
+            )
         self.model_args = {
             "input_size": self.source.input_size,
             "in_channels": self.source.in_channels,
@@ -139,38 +148,31 @@ class Trainer:
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         self.ema.module.requires_grad_(False)
 
-        # 1. precision
-        set_matmul_precision(switches.precision)
-        self.autocast_dtype = autocast_dtype(switches.precision)
-        selection = set_attention_backend(
-            self.model, switches.attention, self.device, self.autocast_dtype or torch.float32
-        )
-        set_attention_backend(self.ema.module, switches.attention, self.device, torch.float32)
-        self.resolved_attention = selection.to_dict()
-        # 2. checkpointing
-        self.model.set_checkpointing(
-            checkpointed_blocks(switches.checkpointing, switches.checkpoint_every, len(self.model.transformer_blocks))
-        )
-        # 3. compile
-        self.forward_module: nn.Module = self._apply_compile(self.model, switches.compile, switches.compile_scope)
-        # 4. DDP
-        if switches.distributed is Distributed.DDP:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_module = DistributedDataParallel(self.forward_module, device_ids=device_ids)
+        applied = apply_switches(self.model, switches, self.device)
+        apply_attention(self.ema.module, switches.attention, self.device, None)  # the EMA is evaluated in fp32
+        self.forward_module: nn.Module = applied.forward_module
+        self.autocast_dtype = applied.autocast_dtype
+        self.resolved_attention = applied.attention.to_dict()
 
         recipe = cfg.recipe
         self.optimizer, self.optimizer_impl = build_optimizer(self.model, recipe, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(recipe.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=switches.precision is Precision.FP16)
+        self.setup_times["build_s"] = time.perf_counter() - began
         self.step = 0
         self.skipped_steps = 0
         self.history: list[StepResult] = []
+        self._pending: list[_PendingStep] = []
+        self.after_prepare: Callable[[], None] | None = None
+        """Called once the batch is on the device (after the VAE encode of live features), before the
+        model's forward: the bench splits a live row's memory into the encode phase and the DiT step here."""
+        self._window_started = time.perf_counter()
         self._batches = None
         self._epoch = 0
         if cfg.resume:
             self.load(cfg.resume)
 
-    # ------------------------------------------------------------------ switches
+    # ------------------------------------------------------------------ processes
 
     def _join_processes(self) -> ProcessInfo:
         if self.cfg.switches.distributed is not Distributed.DDP:
@@ -182,20 +184,9 @@ class Trainer:
             return ProcessInfo(0, 1, 0)
         info = init_process_group(self.device)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", info.local_rank)
+            self.device = resolve_device("cuda", info.local_rank)
             torch.cuda.set_device(self.device)
         return info
-
-    @staticmethod
-    def _apply_compile(model: nn.Module, mode: CompileMode, scope: CompileScope) -> nn.Module:
-        if mode is CompileMode.OFF:
-            return model
-        kwargs = {} if mode is CompileMode.DEFAULT else {"mode": mode.value}
-        if scope is CompileScope.MODEL:
-            return torch.compile(model, **kwargs)
-        for block in model.transformer_blocks:
-            block.compile(**kwargs)  # in place: parameter names stay as they are
-        return model
 
     # ------------------------------------------------------------------ data
 
@@ -259,40 +250,78 @@ class Trainer:
     def compute_loss(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         """The mean training loss of this process's batch at ``step`` (forward only; runs under the precision switch)."""
         x0, y = self.source.prepare(batch, self.device)
+        if self.after_prepare is not None:
+            self.after_prepare()
         t, noise, drop = self.step_draws(step, tuple(x0.shape[1:]))
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            losses = self.diffusion.training_losses(
-                self.forward_module, x0, t, {"y": y, "force_drop_ids": drop}, noise
-            )
-        return losses["loss"].mean()
+        return diffusion_loss(
+            self.forward_module, self.diffusion, x0, t, {"y": y, "force_drop_ids": drop}, noise, self.autocast_dtype
+        )
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> StepResult:
-        """One optimizer step on ``batch``; raises NonFiniteLossError on a NaN/inf loss (except fp16 overflow)."""
-        start = time.perf_counter()
+    def advance(self, batch: dict[str, torch.Tensor]) -> None:
+        """One optimizer step on ``batch`` that reads nothing back to the host.
+
+        The loss (and, under fp16, whether the scaler skipped the update) stays on the device
+        until :meth:`read_back`, so that on a GPU the host keeps queueing work while the device
+        runs: no ``.item()``, no scale read, no synchronize, as DiT and nanoGPT read only at their
+        log interval.
+        """
         self.forward_module.train()
         lr = self.optimizer.param_groups[0]["lr"]
         loss = self.compute_loss(batch, self.step)
-        logged = mean_over_processes(loss.detach()).item()
-        fp16 = self.scaler.is_enabled()
-        if not np.isfinite(logged) and not fp16:
-            raise NonFiniteLossError(
-                f"loss is {logged} at step {self.step + 1}; switches {self.cfg.switches.to_dict()}; training stopped"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        scale_before = self.scaler.get_scale() if fp16 else None
+        # The scaler halves its scale exactly when it skips a step; comparing its scale tensor
+        # before and after on the device counts skips without reading the scale every step.
+        scale_before = self.scaler._scale.clone() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        skipped = fp16 and self.scaler.get_scale() < scale_before
-        self.skipped_steps += int(skipped)
+        skipped = None if scale_before is None else self.scaler._scale < scale_before
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        result = StepResult(self.step, logged, lr, bool(skipped), time.perf_counter() - start)
-        self.history.append(result)
-        return result
+        self._pending.append(_PendingStep(self.step, loss.detach(), lr, skipped))
+
+    def read_back(self) -> list[StepResult]:
+        """Read the pending steps' losses in one transfer (one all-reduce across processes) and check them.
+
+        Raises NonFiniteLossError naming the first step whose loss is NaN or infinite (fp16
+        overflow excepted: the scaler skips those); so a NaN stops a run at most one logging
+        window after it appears.
+        """
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, []
+        losses = mean_over_processes(torch.stack([p.loss.float() for p in pending]))
+        flags = [p.skipped for p in pending]
+        if self.scaler.is_enabled():
+            values = torch.cat([losses, torch.stack(flags).float()]).tolist()  # type: ignore[arg-type]
+            losses_read, skipped = values[: len(pending)], [bool(v) for v in values[len(pending):]]
+        else:
+            losses_read, skipped = losses.tolist(), [False] * len(pending)
+        elapsed = (time.perf_counter() - self._window_started) / len(pending)
+        self._window_started = time.perf_counter()
+        self.skipped_steps += sum(skipped)
+        if not self.scaler.is_enabled():
+            for p, value in zip(pending, losses_read, strict=True):
+                if not np.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss is {value} at step {p.step}; switches {self.cfg.switches.to_dict()}; training stopped "
+                        f"(read back with steps {pending[0].step}-{pending[-1].step})"
+                    )
+        results = [
+            StepResult(p.step, value, p.lr, skip, elapsed)
+            for p, value, skip in zip(pending, losses_read, skipped, strict=True)
+        ]
+        self.history.extend(results)
+        return results
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        """One optimizer step on ``batch``, read back at once (for callers that want every step's loss).
+
+        Training loops and benchmarks call :meth:`advance` and read back once per window instead.
+        """
+        self.advance(batch)
+        return self.read_back()[-1]
 
     # ------------------------------------------------------------------ the run
 
@@ -303,19 +332,20 @@ class Trainer:
         if out and main_process:
             self.write_run_record(out)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not main_process, unit="step", desc=self.cfg.model)
-        window: list[StepResult] = []
         metrics = (out / "metrics.jsonl").open("a") if out and main_process else None
+        self._window_started = time.perf_counter()
         try:
             while self.step < self.cfg.steps:
-                result = self.train_step(self.next_batch())
-                window.append(result)
+                self.advance(self.next_batch())
                 bar.update(1)
-                bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
-                if metrics and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
-                    metrics.write(json.dumps(self._metrics_record(window)) + "\n")
-                    metrics.flush()
-                    window = []
-                if out and self.cfg.checkpoint_every_steps and self.step % self.cfg.checkpoint_every_steps == 0:
+                saving = bool(out and self.cfg.checkpoint_every_steps and self.step % self.cfg.checkpoint_every_steps == 0)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps or saving:
+                    window = self.read_back()
+                    bar.set_postfix(loss=f"{window[-1].loss:.4f}", lr=f"{window[-1].lr:.2e}")
+                    if metrics:
+                        metrics.write(json.dumps(self._metrics_record(window)) + "\n")
+                        metrics.flush()
+                if saving:
                     self.save(out / "checkpoints" / f"step-{self.step:07d}.pt")
             if out:
                 self.save(out / "checkpoints" / "last.pt")

@@ -51,6 +51,9 @@ class ScriptedWorkload:
         self.clock.spend(0.002 + (0.03 if self.calls < 4 else 0.0))
         self.calls += 1
 
+    def settle(self) -> None:
+        self.settled_at = self.calls
+
     def persistent_tensors(self) -> Iterable[torch.Tensor]:
         return []
 
@@ -70,8 +73,10 @@ def test_warmup_runs_past_the_transient_then_timing_appends_every_step(clock: Vi
     # Steps 0-3 take 32 ms: two windows of the settled 2 ms steps are needed after them.
     assert record["steady"] and record["steps"] == workload.calls >= 4 + 2 * 3 - 1
     assert min(record["step_times_s"][:4]) > 0.03
+    assert workload.settled_at == record["steps"]  # the warm-up's steps are read back after it, untimed
     block = session.time_block(5)
     assert block.wall == session.times.wall and len(session.times.wall) == 5
+    assert workload.settled_at == workload.calls  # and each block's after it
     session.time_block(2)
     assert len(session.times.wall) == len(session.times.cpu) == 7 and workload.calls == record["steps"] + 7
     assert session.clock == "perf_counter"
@@ -90,6 +95,9 @@ class AlternatingWorkload:
     def step(self) -> None:
         self.clock.spend(0.002 if self.calls % 2 == 0 else 0.006)
         self.calls += 1
+
+    def settle(self) -> None:
+        pass
 
     def persistent_tensors(self) -> Iterable[torch.Tensor]:
         return []

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from dit_repro.atomic import default_file_mode
 from dit_repro.bench.results import compute_block
 from dit_repro.bench.schema import (
     ResultsError,
-    default_file_mode,
     load_results,
     results_schema,
     validate_results,
@@ -81,8 +81,10 @@ def test_unreadable_files_are_results_errors(tmp_path: Path) -> None:
 
 def test_model_flops_exclude_recompute_and_mfu_uses_the_peak() -> None:
     info = {"train_flops_per_image": 3e9, "forward_gmacs_per_image": 0.5, "images_per_step": 4}
-    block = compute_block(info, median_s=0.5, peak_flops_per_s=1e12)
+    peak = {"precision": "bf16", "flops_per_s": 1e12, "source": "test"}
+    block = compute_block(info, median_s=0.5, peak=peak)
     assert block["model_flops_per_step"] == 1.2e10
     assert block["model_tflops_per_s"] == pytest.approx(0.024)
     assert block["mfu"] == pytest.approx(0.024)
-    assert compute_block(info, 0.5, None)["mfu"] is None
+    assert block["peak"] == peak
+    assert compute_block(info, 0.5, {**peak, "flops_per_s": None})["mfu"] is None

@@ -58,7 +58,7 @@ def test_info_unknown_model_is_usage_error(capsys) -> None:
 
 
 def test_mfu_uses_peak_table() -> None:
-    assert mfu(989e12, 1.0, "NVIDIA H100 80GB HBM3") == pytest.approx(1.0)
-    assert mfu(312e12, 2.0, "NVIDIA A100-SXM4-80GB") == pytest.approx(0.5)
-    assert mfu(756e12, 1.0, "NVIDIA H100 PCIe") == pytest.approx(1.0)
-    assert mfu(1e12, 1.0, "Intel Xeon") is None
+    assert mfu(989e12, 1.0, "NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(1.0)
+    assert mfu(312e12, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == pytest.approx(0.5)
+    assert mfu(756e12, 1.0, "NVIDIA H100 PCIe", "bf16") == pytest.approx(1.0)
+    assert mfu(1e12, 1.0, "Intel Xeon", "bf16") is None

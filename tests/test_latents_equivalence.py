@@ -34,7 +34,7 @@ def sources(tmp_path_factory):
     """Live and cached sources over the same 12 synthetic images (cache extracted in batches of 4)."""
     cache_dir = tmp_path_factory.mktemp("equivalence") / "cache"
     build_cache(cache_dir, batch_size=4)
-    live = build_feature_source(train_config(switches=Switches(features="live")))
+    live = build_feature_source(train_config(switches=Switches(features="live"), strict_fp32_encode=True))
     cached = build_feature_source(
         train_config(switches=Switches(features="cached"), cache_dir=str(cache_dir))
     )
@@ -242,7 +242,7 @@ def test_live_encoding_on_cuda_is_full_fp32_and_matches_caches_from_cpu_and_cuda
     cached_from_cuda = build_feature_source(
         train_config(switches=Switches(features="cached"), cache_dir=str(tmp_path / "cuda-cache"))
     )
-    live_cuda = build_feature_source(train_config(switches=Switches(features="live")))
+    live_cuda = build_feature_source(train_config(switches=Switches(features="live"), strict_fp32_encode=True))
     rows = list(range(12))
     for source in (live_cpu, live_cuda, cached_from_cpu, cached_from_cuda):
         source.dataset.set_epoch(3)

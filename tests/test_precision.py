@@ -14,12 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+import dit_repro.precision as precision_module
 from dit_repro.config import Precision, TrainConfig
 from dit_repro.precision import (
     matmul_precision,
     restore_tf32_state,
     set_matmul_precision,
     strict_fp32,
+    tf32_preflight,
     tf32_state,
 )
 from dit_repro.train import Trainer
@@ -73,12 +75,13 @@ def test_the_new_api_written_alone_is_what_breaks_the_legacy_readers() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strict_encode", [False, True], ids=["paper-encode", "strict-encode"])
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_a_live_features_step_with_the_full_size_vae_never_mixes_the_tf32_apis(precision: str) -> None:
+def test_a_live_features_step_with_the_full_size_vae_never_mixes_the_tf32_apis(precision: str, strict_encode: bool) -> None:
     # Every Linear and Conv2d forward of one step (the DiT's and the full-size SD-VAE's encoder,
     # mid-block attention included) reads the flags, as each fp32 cuBLAS / cuDNN call does on a GPU.
     cfg = TrainConfig(model="DiT-S/2", data="synthetic:count=4,classes=2", image_size=32, global_batch_size=2,
-                      steps=1, seed=0, device="cpu", vae="full-size-random",
+                      steps=1, seed=0, device="cpu", vae="full-size-random", strict_fp32_encode=strict_encode,
                       switches={"precision": precision, "features": "live"})
     trainer = Trainer(cfg)
     seen: dict[str, set[tuple[bool, bool]]] = {"dit": set(), "vae": set()}
@@ -93,6 +96,32 @@ def test_a_live_features_step_with_the_full_size_vae_never_mixes_the_tf32_apis(p
     finally:
         for handle in handles:
             handle.remove()
-    # The VAE encodes in strict fp32; the DiT runs with TF32 allowed except under fp32.
-    assert seen["vae"] == {(False, False)}
-    assert seen["dit"] == {(precision != "fp32",) * 2}
+    # The DiT runs with TF32 allowed except under fp32; the VAE encodes as the DiT does (DiT's
+    # train.py sets TF32 globally) unless the strict encode was asked for.
+    tf32 = precision != "fp32"
+    assert seen["dit"] == {(tf32, tf32)}
+    assert seen["vae"] == ({(False, False)} if strict_encode else {(tf32, tf32)})
+    assert trainer.source.describe()["encode_precision"] == (
+        "strict fp32" if strict_encode else "fp32 under the precision switch's TF32 flags")
+
+
+def test_the_preflight_passes_every_precision_and_restores_the_flags() -> None:
+    set_matmul_precision("fp32")
+    lines = tf32_preflight("cpu")
+    print(lines)
+    assert [line["precision"] for line in lines] == list(PRECISIONS)
+    assert all(line["ok"] for line in lines)
+    assert {line["precision"]: line["outside"]["legacy"] for line in lines} == {
+        p: (p != "fp32",) * 2 for p in PRECISIONS}
+    assert read_legacy_flags() == (False, False)
+
+
+def test_the_preflight_reports_a_mixed_api_state_instead_of_raising(monkeypatch: pytest.MonkeyPatch) -> None:
+    def mixed(precision) -> None:  # what writing the new API alone does (see the test above)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+    monkeypatch.setattr(precision_module, "set_matmul_precision", mixed)
+    lines = tf32_preflight("cpu")
+    set_matmul_precision("fp32")
+    assert not any(line["ok"] for line in lines)
+    assert all("mix of the legacy and new APIs" in line["error"] for line in lines)

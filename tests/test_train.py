@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dit_repro.cli import main
 from dit_repro.config import ConfigError, Switches, TrainConfig
+from dit_repro.models import build_model
 from dit_repro.models.attention import AttentionBackendUnavailable
 from dit_repro.train import NonFiniteLossError, Trainer
 from tests.helpers import GRADIENT_ERROR_MULTIPLE, assert_close_to_reference, perturb_
@@ -189,6 +190,27 @@ def _double_prepare(prepare):
 
 
 # ---------------------------------------------------------------------------------- seeds, resume, errors
+
+
+def test_the_model_built_on_its_device_equals_a_cpu_build_for_the_same_seed() -> None:
+    # The trainer builds under a device context (on a GPU: initialised there, no host copy);
+    # on the CPU that must be the very computation of building plainly with the same seed.
+    cfg = tiny_config()
+    trainer = Trainer(cfg)
+    torch.manual_seed(cfg.seed)  # the trainer's process seed (rank 0)
+    plain = build_model(cfg.model, **{k: v for k, v in trainer.model_args.items() if k != "learn_sigma"})
+    built, expected = trainer.model.state_dict(), plain.state_dict()
+    assert built.keys() == expected.keys()
+    assert all(torch.equal(built[name], expected[name]) for name in expected)
+
+
+def test_losses_read_back_per_window_equal_those_read_every_step() -> None:
+    cfg = tiny_config()
+    cfg.steps, cfg.log_every = 4, 3
+    windowed = [r.loss for r in Trainer(cfg).fit()]
+    trainer = Trainer(tiny_config())
+    stepwise = [trainer.train_step(trainer.next_batch()).loss for _ in range(4)]
+    assert windowed == stepwise
 
 
 def test_same_seed_same_losses_other_seed_different() -> None:

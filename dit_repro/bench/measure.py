@@ -34,7 +34,10 @@ class Workload(Protocol):
     """Where the step runs; decides the clock and the memory probes."""
 
     def step(self) -> None:
-        """Run one training step, fetching its batch."""
+        """Run one training step, fetching its batch; nothing is read back to the host."""
+
+    def settle(self) -> None:
+        """Read back and check what the steps so far produced (called outside the timed region)."""
 
     def persistent_tensors(self) -> Iterable[torch.Tensor]:
         """Parameters and buffers: tensors a step saves for backward that are not activations."""
@@ -48,6 +51,11 @@ class CudaMemoryTrace:
     """``max_memory_allocated`` of each timed step."""
     reserved: list[int] = field(default_factory=list)
     """``max_memory_reserved`` of each timed step."""
+    encode_allocated: list[int] = field(default_factory=list)
+    """Live-features rows: ``max_memory_allocated`` of each timed step's data phase (the VAE encode),
+    read when the batch is ready (the peak is then reset)."""
+    dit_allocated: list[int] = field(default_factory=list)
+    """Live-features rows: ``max_memory_allocated`` from the ready batch to the end of each timed step."""
 
 
 def cuda_memory_record(device: torch.device, trace: CudaMemoryTrace) -> dict[str, Any]:
@@ -59,6 +67,8 @@ def cuda_memory_record(device: torch.device, trace: CudaMemoryTrace) -> dict[str
         "max_reserved_bytes": max(trace.reserved, default=int(torch.cuda.max_memory_reserved(device))),
         "per_step_max_allocated_bytes": list(trace.allocated),
         "per_step_max_reserved_bytes": list(trace.reserved),
+        "encode_max_allocated_bytes": max(trace.encode_allocated) if trace.encode_allocated else None,
+        "dit_step_max_allocated_bytes": max(trace.dit_allocated) if trace.dit_allocated else None,
         "num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
         "num_ooms": int(stats.get("num_ooms", 0)),
     }
@@ -199,6 +209,15 @@ class RowSession:
         device = self.workload.device
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        encode_peaks: list[int] = []
+        split = getattr(self.workload, "split_memory_at_ready_batch", None)
+        if split is not None:
+            # Allocator bookkeeping only (host side, no wait for the device).
+            def ready() -> None:
+                encode_peaks.append(int(torch.cuda.max_memory_allocated(device)))
+                torch.cuda.reset_peak_memory_stats(device)
+
+            split(ready)
         for start, end in zip(starts, ends, strict=True):
             torch.cuda.reset_peak_memory_stats(device)
             start.record()
@@ -209,8 +228,15 @@ class RowSession:
                 torch.cuda.synchronize(device)
                 _stall((slowdown - 1.0) * (time.perf_counter() - begun), time.perf_counter)
             end.record()
-            self.cuda_memory.allocated.append(int(torch.cuda.max_memory_allocated(device)))
+            allocated = int(torch.cuda.max_memory_allocated(device))
+            if split is not None and encode_peaks:
+                self.cuda_memory.encode_allocated.append(encode_peaks[-1])
+                self.cuda_memory.dit_allocated.append(allocated)
+                allocated = max(allocated, encode_peaks[-1])
+            self.cuda_memory.allocated.append(allocated)
             self.cuda_memory.reserved.append(int(torch.cuda.max_memory_reserved(device)))
+        if split is not None:
+            split(None)
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) / 1e3 for start, end in zip(starts, ends, strict=True)]
 
@@ -222,6 +248,7 @@ class RowSession:
         times = StepTimes(cpu=None if self.on_cuda else [])
         while not self.policy.is_done(times.gate_clock):
             times.extend(self._timed(1, None))
+        self.workload.settle()
         if self.on_cuda:
             self.cuda_memory = CudaMemoryTrace()  # warm-up peaks are not the steady state's
         return {"steps": len(times.wall), "steady": self.policy.is_steady(times.gate_clock),
@@ -234,6 +261,7 @@ class RowSession:
         if self._peak_rss is None and not self.on_cuda:
             self._peak_rss = PeakRss()
         block = self._timed(steps, self.inject_slowdown)
+        self.workload.settle()
         self.times.extend(block)
         return block
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dit_repro.config import ConfigError, Features, TrainConfig
+from dit_repro.config import ConfigError, Features, Switches, TrainConfig
+from dit_repro.switches import resolve_device
 
 from .latent_cache import build_temporary_cache
 from .matrices import Matrix
@@ -82,8 +81,12 @@ class BenchScale:
 
 
 PAPER_SCALE = BenchScale(
-    model="DiT-XL/2", global_batch_size=128, image_size=256, timed_steps=50, block_steps=10,
-    schedule="sequential", warmup=WarmupPolicy(window=10, rel_tol=0.03, min_steps=20, max_steps=200),
+    # Eager GPU rows settle within a few steps (allocator and cuBLAS/cuDNN heuristics); compiled
+    # rows take longer and the steady detection waits for them. Steady = the medians of two adjacent
+    # 3-step windows within 3 %; at least 6 steps. 30 timed steps keep a Table 4 run near 6 minutes
+    # on one H100 while a GPU's step-to-step spread (well under 1 %) still resolves a 5 % change.
+    model="DiT-XL/2", global_batch_size=128, image_size=256, timed_steps=30, block_steps=10,
+    schedule="sequential", warmup=WarmupPolicy(window=3, rel_tol=0.03, min_steps=6, max_steps=60),
     data="synthetic:count=1024,classes=1000", vae="full-size-random", num_classes=1000, threads=None, smoke=False,
     notes=("paper scale (Table 4: DiT-XL/2, global batch 128, 256 px); the VAE of live rows has the SD-VAE "
            "architecture, with random weights unless --vae names real ones (speed and memory only)",),
@@ -113,13 +116,12 @@ def default_scale(device_type: str) -> BenchScale:
 
 def resolve_device_type(spec: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec not in ("cpu", "cuda"):
+    if spec not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {spec!r}; use auto, cpu or cuda")
-    if spec == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    return spec
+    try:
+        return resolve_device(spec).type
+    except ValueError as exc:
+        raise ConfigError(f"--device {spec}: {exc}") from None
 
 
 @dataclass
@@ -161,11 +163,16 @@ class BenchRequest:
         return any(row.resolved().features is Features.CACHED for row in self.matrix.rows)
 
     def row_config(self, switches: dict[str, Any], cache_dir: str | None) -> TrainConfig:
-        """The TrainConfig of one row (validated now, before any process starts)."""
+        """The TrainConfig of one row (validated now, before any process starts).
+
+        A cached row names no VAE: the cache's manifest records the VAE that made it, and building
+        a full-size VAE only to compare fingerprints would cost the row seconds of fixed cost.
+        """
         scale = self.scale
+        cached = Switches(**switches).features is Features.CACHED
         return TrainConfig(
             model=scale.model, data=scale.data, image_size=scale.image_size, num_classes=scale.num_classes,
-            cache_dir=cache_dir, vae=scale.vae, global_batch_size=scale.global_batch_size, steps=0, seed=self.seed,
+            cache_dir=cache_dir, vae=None if cached else scale.vae, global_batch_size=scale.global_batch_size, steps=0, seed=self.seed,
             device=self.device_type, switches=dict(switches),
         )
 

@@ -171,6 +171,10 @@ class RowJob:
     """Saved-for-backward bytes."""
     notes: list[str] = field(default_factory=list)
     """Remarks (e.g. a figure that could not be taken)."""
+    fixed_cost: dict[str, float] = field(default_factory=dict)
+    """Seconds from the worker's start to its first timed step: ``import_s`` (interpreter and
+    libraries), ``data_s`` (data source), ``build_s`` (model, switches, optimizer, EMA), ``warmup_s``
+    and their ``total_s``; measured by the parent's clock, with the worker's own split of the setup."""
     handle: WorkerHandle | None = None
     """The live worker while the row runs."""
 
@@ -216,6 +220,21 @@ class Schedule:
         sizes = [self.block_steps] * count
         sizes[-1] = self.timed_steps - self.block_steps * (count - 1)
         return sizes
+
+
+def fixed_cost_split(started: float, set_up: float, warmed_up: float, setup_split: dict[str, float]) -> dict[str, float]:
+    """The fixed cost of a row from the parent's clock readings (worker started, setup answered,
+    warm-up answered) and the worker's own ``data_s``/``build_s``; ``import_s`` is the rest of the setup."""
+    setup = set_up - started
+    data, build = float(setup_split.get("data_s", 0.0)), float(setup_split.get("build_s", 0.0))
+    return {"import_s": max(0.0, setup - data - build), "data_s": data, "build_s": build,
+            "warmup_s": warmed_up - set_up, "total_s": warmed_up - started}
+
+
+def format_fixed_cost(cost: dict[str, float]) -> str:
+    """``12.3 s (import 4.1, data 0.2, build 6.0, warm-up 2.0)``."""
+    return (f"{cost['total_s']:.1f} s (import {cost['import_s']:.1f}, data {cost['data_s']:.1f}, "
+            f"build {cost['build_s']:.1f}, warm-up {cost['warmup_s']:.1f})")
 
 
 def round_order(rng: random.Random, rows: Sequence[int], previous: int | None) -> list[int]:
@@ -281,6 +300,7 @@ class MatrixRunner:
         if job.code_root is not None:
             env, cwd = worker_environment(job.code_root), job.code_root
         job.handle = WorkerHandle(self.log_dir / log_name(job.label), self.worker_command, env=env, cwd=cwd)
+        job.fixed_cost = {"started": time.perf_counter()}
 
     def _ask(self, job: RowJob, message: dict[str, Any]) -> dict[str, Any] | None:
         """Send a request; on any failure record it on the job, stop its worker and return None."""
@@ -308,6 +328,7 @@ class MatrixRunner:
             "threads": job.threads}})
         if reply is None:
             return
+        set_up = time.perf_counter()
         job.info = reply["info"]
         if not self._runs_expected_code(job):
             return
@@ -316,6 +337,9 @@ class MatrixRunner:
         if reply is None:
             return
         job.warmup = reply["warmup"]
+        job.fixed_cost = fixed_cost_split(job.fixed_cost["started"], set_up, time.perf_counter(),
+                                          job.info.get("setup_s", {}))
+        self.say(f"{job.label}: fixed cost {format_fixed_cost(job.fixed_cost)}")
         steady = "steady" if job.warmup["steady"] else "NOT steady (warm-up cap reached)"
         self.say(f"{job.label}: {job.warmup['steps']} warm-up steps, {steady}")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from dit_repro.atomic import write_json_atomic
 
 SCHEMA_ID = "dit-repro/bench-results"
 SCHEMA_VERSION = 2
@@ -60,35 +61,9 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_results(data, source=str(path))
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` through a temporary file in the same directory, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; results and baselines are shared files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def default_file_mode() -> int:
-    """0666 less the process umask: the mode ``open()`` would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
 def write_results(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Validate, then write a results file atomically."""
     validate_results(data, source=str(path))
-    return write_json_atomic(path, data)
+    # Fields keep the order the document was assembled in, which reads better than sorted keys;
+    # NaN is refused because it is not JSON, and readers other than Python's would reject the file.
+    return write_json_atomic(path, data, sort_keys=False, allow_nan=False)

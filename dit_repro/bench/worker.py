@@ -110,6 +110,7 @@ class Worker:
         self.workload = build_workload(row["workload"])
         self.session = RowSession(self.workload, WarmupPolicy(**row["warmup"]), row.get("inject_slowdown"))
         return {"ok": True, "info": {**self.workload.describe(), "clock": self.session.clock,
+                                     "setup_s": self.workload.fixed_costs(),
                                      "inject_slowdown": self.session.inject_slowdown, "protocol": WORKER_PROTOCOL,
                                      "package": str(Path(__file__).resolve().parent.parent)}}
 

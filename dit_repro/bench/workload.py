@@ -7,13 +7,13 @@ protocol tests: it exercises the same clocks, processes and statistics without b
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from dit_repro import flops
-from dit_repro.config import TrainConfig
+from dit_repro.config import Features, TrainConfig
 
 
 class TrainerWorkload:
@@ -36,8 +36,28 @@ class TrainerWorkload:
         return cls(Trainer(cfg), cfg)
 
     def step(self) -> None:
-        """One training step, data loading and (with live features) VAE encoding included."""
-        self.trainer.train_step(self.trainer.next_batch())
+        """One training step, data loading and (with live features) VAE encoding included; reads nothing back."""
+        self.trainer.advance(self.trainer.next_batch())
+
+    def settle(self) -> None:
+        """Read back the steps run so far (outside any timed region): a NaN loss fails the row here."""
+        self.trainer.read_back()
+
+    @property
+    def split_memory_at_ready_batch(self) -> Callable[[Callable[[], None] | None], None] | None:
+        """Live-features rows: installs (or, with None, removes) a callback run when the encoded batch is
+        ready, so that the encode's memory is told apart from the DiT step's; None for other rows."""
+        if self.cfg.switches.features is not Features.LIVE:
+            return None
+
+        def install(callback: Callable[[], None] | None) -> None:
+            self.trainer.after_prepare = callback
+
+        return install
+
+    def fixed_costs(self) -> dict[str, float]:
+        """Seconds the trainer spent before its first step: data source (``data_s``) and model build (``build_s``)."""
+        return dict(self.trainer.setup_times)
 
     def persistent_tensors(self) -> Iterable[torch.Tensor]:
         """The model's parameters and buffers (saved for backward, but not activations)."""
@@ -45,9 +65,16 @@ class TrainerWorkload:
         return itertools.chain(model.parameters(), model.buffers())
 
     def describe(self) -> dict[str, Any]:
-        """Resolved configuration, attention backend in use, and the model's analytic work per image."""
+        """Resolved configuration, attention backend in use, the model's analytic work per image and,
+        for a live-feature row, the VAE encode's FLOPs per image (None otherwise), kept apart from
+        the model's: the encode runs inside the step but is not model work."""
         model = self.trainer.model
         macs = flops.forward_macs(self.cfg.model, model.input_size, model.in_channels, model.learn_sigma)
+        encode_flops = None
+        vae = getattr(self.trainer.source, "vae", None)
+        if self.cfg.switches.features == "live" and vae is not None:
+            # The VAE this row encodes with (tiny-random at the CPU smoke scale, the SD VAE on a GPU).
+            encode_flops = float(flops.encoder_flops_per_image(vae.model, self.cfg.image_size))
         return {
             "switches": self.cfg.switches.to_dict(),
             "config": self.cfg.to_dict(),
@@ -56,6 +83,7 @@ class TrainerWorkload:
             "train_flops_per_image": float(
                 flops.train_flops_per_image(self.cfg.model, model.input_size, model.in_channels, model.learn_sigma)
             ),
+            "encode_flops_per_image": encode_flops,
             "images_per_step": self.cfg.global_batch_size,
         }
 
@@ -80,6 +108,13 @@ class MatmulWorkload:
         """Forward, ReLU, sum, backward; the gradient is dropped so memory stays flat."""
         (self.inputs @ self.weight).relu().sum().backward()
         self.weight.grad = None
+
+    def settle(self) -> None:
+        """Nothing is pending: the step keeps no results."""
+
+    def fixed_costs(self) -> dict[str, float]:
+        """No data source and no model to build."""
+        return {}
 
     def persistent_tensors(self) -> Iterable[torch.Tensor]:
         """The weight."""

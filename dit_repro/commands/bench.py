@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dit_repro.atomic import write_text_atomic
 from dit_repro.bench.baselines import record_baseline
 from dit_repro.bench.matrices import BUILTIN_MATRICES, build_matrix, select_rows
 from dit_repro.bench.plan import (
@@ -25,7 +26,7 @@ from dit_repro.bench.plan import (
 from dit_repro.bench.reference import resolve_reference
 from dit_repro.bench.report import plot_results, results_markdown
 from dit_repro.bench.runner import SCHEDULES
-from dit_repro.bench.schema import ResultsError, write_text_atomic
+from dit_repro.bench.schema import ResultsError
 from dit_repro.bench.stats import WarmupPolicy
 from dit_repro.config import ConfigError
 
@@ -98,7 +99,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=None, help="label classes (default: 1000 GPU, the data's on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker on CPU (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every row")
-    parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for MFU (default: datasheet table)")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="peak FLOP/s that every row's MFU is divided by, whatever the row's precision "
+                             "(default: the GPU's dense datasheet peak at each row's own precision: fp32, tf32, "
+                             "fp16 or bf16)")
     parser.add_argument("--row-timeout", type=float, default=3600.0, help="seconds to wait for any one worker reply")
     parser.add_argument("--repo", type=Path, default=None,
                         help="git repository REF is resolved in (default: the one holding this dit_repro package, "

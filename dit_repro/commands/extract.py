@@ -6,13 +6,13 @@ import argparse
 import os
 import sys
 
-import torch
-
 from dit_repro.config import ConfigError
 from dit_repro.data.extraction import extract_latent_cache
 from dit_repro.data.images import build_image_source
 from dit_repro.data.manifest import MANIFEST_NAME
 from dit_repro.data.vae import load_vae
+from dit_repro.distributed import launched_process
+from dit_repro.switches import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,20 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def run(args: argparse.Namespace) -> int:
     """Extract this rank's shards; print throughput and whether the cache is complete."""
     rank = args.rank if args.rank is not None else int(os.environ.get("RANK", "0"))
     world_size = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        device = _resolve_device(args.device)
+        device = resolve_device(args.device, local_rank=launched_process().local_rank)
         images = build_image_source(args.data, args.image_size, channels=3)
         vae = load_vae(args.vae, device, scale_factor=args.scale_factor)
         report = extract_latent_cache(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from dit_repro.atomic import write_json_atomic
 from dit_repro.fid.evaluate import fid_of_samples
 from dit_repro.fid.extractors import EXTRACTORS, INCEPTION_WEIGHTS_URL, extractor_spec, inception_cache_path
@@ -18,6 +16,7 @@ from dit_repro.fid_gate import (
     load_baseline,
     record_baseline,
 )
+from dit_repro.switches import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 "--seed applies to a single sample set; each of several sets reports its own seed"
             )
         spec = extractor_spec(args.extractor)
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = str(resolve_device(args.device))
         options = {
             "device": device,
             "batch_size": args.batch_size,

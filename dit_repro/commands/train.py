@@ -91,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
     parser.add_argument("--checkpoint-every-steps", type=int, default=0, help="steps between checkpoints (0: only last)")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
+    parser.add_argument("--strict-fp32-encode", action="store_true",
+                        help="--features live: encode with TF32 forbidden (default: the encode follows --precision's "
+                             "TF32 flags, as DiT's train.py; the latent cache is always extracted in strict fp32)")
     add_switch_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, seed=args.seed,
             device=args.device, num_workers=args.num_workers, out_dir=args.out_dir, log_every=args.log_every,
             checkpoint_every_steps=args.checkpoint_every_steps, resume=args.resume,
-            switches=switches_from_args(args),
+            strict_fp32_encode=args.strict_fp32_encode, switches=switches_from_args(args),
         )
         trainer = Trainer(cfg)
     except (ConfigError, ValueError, AttentionBackendUnavailable, CheckpointError, FileNotFoundError) as exc:

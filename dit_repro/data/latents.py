@@ -18,10 +18,10 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dit_repro.atomic import sha256_file
 from dit_repro.data.draws import draw_item
 from dit_repro.data.manifest import CacheCorruptError, CacheError, CacheSpec, check_compatible, read_manifest
 from dit_repro.data.vae import scaled_posterior_sample
+from dit_repro.hashing import sha256_file
 
 
 class LatentCache:

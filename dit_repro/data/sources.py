@@ -71,7 +71,8 @@ class PixelSource(FeatureSource):
 class LiveLatentSource(FeatureSource):
     """The VAE encodes the flipped image on the device every step; x0 is a fresh posterior sample."""
 
-    def __init__(self, images: ImageSource, vae: VAEHandle, seed: int, num_classes: int) -> None:
+    def __init__(self, images: ImageSource, vae: VAEHandle, seed: int, num_classes: int,
+                 strict_fp32_encode: bool = False) -> None:
         latent_shape = vae.latent_shape(images.image_size)
         dataset = AugmentedImageDataset(images, seed, latent_shape)
         super().__init__(dataset, num_classes, latent_shape[0], latent_shape[1])
@@ -79,16 +80,17 @@ class LiveLatentSource(FeatureSource):
         """The image source."""
         self.vae = vae
         """The frozen VAE, moved to the training device on first use."""
+        self.strict_fp32_encode = strict_fp32_encode
+        """Encode with TF32 forbidden (else under the process's TF32 flags, as DiT's train.py)."""
 
     def prepare(self, batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean + exp(logvar / 2) * eps) * scale_factor`` of the batch's images, with the batch's ``eps``."""
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            # Parameters report cuda:N; compare like with like so the VAE moves once, not every step.
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = torch.device(device)  # resolved (cuda with its index) by dit_repro.switches.resolve_device
         if self.vae.device != device:
             self.vae.to(device)
-        mean, logvar = self.vae.encode_moments(batch["x"].to(device, non_blocking=True))
+        mean, logvar = self.vae.encode_moments(
+            batch["x"].to(device, non_blocking=True), strict=self.strict_fp32_encode
+        )
         eps = batch["eps"].to(device, non_blocking=True)
         latents = scaled_posterior_sample(mean, logvar, eps, self.vae.scale_factor)
         return latents, batch["y"].to(device, non_blocking=True)
@@ -100,6 +102,7 @@ class LiveLatentSource(FeatureSource):
             "dataset": self.images.summary(),
             "vae": self.vae.fingerprint,
             "scale_factor": self.vae.scale_factor,
+            "encode_precision": "strict fp32" if self.strict_fp32_encode else "fp32 under the precision switch's TF32 flags",
             **self._shape_record(),
         }
 
@@ -147,7 +150,7 @@ def build_feature_source(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -
     images = build_image_source(cfg.data, cfg.image_size, channels=3)
     if features is Features.LIVE:
         vae = load_vae(cfg.vae, "cpu")
-        return LiveLatentSource(images, vae, cfg.seed, _num_classes(cfg, images.num_classes))
+        return LiveLatentSource(images, vae, cfg.seed, _num_classes(cfg, images.num_classes), cfg.strict_fp32_encode)
     expected: dict[str, Any] = {
         "image_size": cfg.image_size,
         "crop": images.crop,

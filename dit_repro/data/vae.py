@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ SD_VAE_CONFIG_DIR = Path(__file__).with_name("sd_vae")
 """Folder with the diffusers configuration of the SD ft-EMA / ft-MSE VAE."""
 SD_SCALE_FACTOR = 0.18215
 """Latent scale factor of the Stable Diffusion VAE (unit variance of scaled latents on its data)."""
+VAE_DOWNSAMPLE = 8
+"""Pixels per latent cell along each side: the SD VAE maps an image of side s to latents of side s // 8."""
+LATENT_CHANNELS = 4
+"""Channels of the SD VAE's latents: the input channels of every latent-space model."""
 PRETRAINED_REPOS = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")
 """Hugging Face repos of the VAE the DiT paper uses."""
 TINY_RANDOM = "tiny-random"
@@ -153,14 +158,16 @@ class VAEHandle:
         return self
 
     @torch.no_grad()
-    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (mean, log-variance) of images in [-1, 1], in strict fp32 whatever autocast says.
+    def encode_moments(self, images: torch.Tensor, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, log-variance) of images in [-1, 1], in fp32 whatever autocast says.
 
-        The log-variance is the one diffusers' ``DiagonalGaussianDistribution`` uses, clamped to
-        [-30, 20].
+        ``strict`` forbids TF32 inside the encode (what the latent cache and the cached-vs-live
+        equivalence use); ``strict=False`` runs under the process's TF32 flags, as DiT's and
+        fast-DiT's training scripts encode (they allow TF32 for cuBLAS and cuDNN globally). The
+        log-variance is the one diffusers' ``DiagonalGaussianDistribution`` uses, clamped to [-30, 20].
         """
         images = images.to(self.device, torch.float32)
-        with torch.autocast(device_type=images.device.type, enabled=False), strict_fp32():
+        with torch.autocast(device_type=images.device.type, enabled=False), strict_fp32() if strict else nullcontext():
             posterior = self.model.encode(images).latent_dist
         return posterior.mean, posterior.logvar
 

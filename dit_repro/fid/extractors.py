@@ -29,7 +29,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from dit_repro.fid.hashing import sha256_file
+from dit_repro.hashing import sha256_file
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from dit_repro.atomic import write_bytes_atomic
 from dit_repro.fid.extractors import EXTRACTORS, ExtractorSpec, register_extractors, resolve_inception_weights
-from dit_repro.fid.hashing import sha256_file
+from dit_repro.hashing import sha256_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Image files read from a folder (JPEG is lossy and shifts FID; samples are written as PNG)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dit_repro.atomic import write_text_atomic
 from dit_repro.bench.baselines import (
     FAILED_STATUSES,
     MissingBaseline,
@@ -27,7 +28,7 @@ from dit_repro.bench.baselines import (
     find_baseline,
     find_portable_baseline,
 )
-from dit_repro.bench.schema import ResultsError, load_results, write_text_atomic
+from dit_repro.bench.schema import ResultsError, load_results
 
 from .compare import Comparison, Thresholds, Verdict
 from .metrics import MODES, GateInputs, gate_comparisons

@@ -21,10 +21,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from dit_repro.atomic import write_json_atomic
 from dit_repro.bench.matrices import build_matrix, select_rows
 from dit_repro.bench.plan import BenchRequest, BenchRun, default_scale, resolve_device_type, run_bench
 from dit_repro.bench.reference import Reference, ReferenceUnusable, candidate_root, repository_of
-from dit_repro.bench.schema import write_json_atomic
 
 from .compare import RunSamples, Thresholds, Verdict, round_ratios
 from .metrics import GateInputs, ab_time_comparison, interleave_block, step_clock
@@ -121,10 +121,12 @@ def ab_rates(runs: Sequence[ABRun], thresholds: Thresholds, factors: Sequence[fl
 
 def save_ab_runs(path: Path, runs: Sequence[ABRun], source: str, hardware: dict[str, Any]) -> Path:
     """Write the runs' per-step times as JSON (a recording the gate's statistics can be tested on)."""
+    # Unsorted, like a results file: the recording reads source, hardware, then runs.
     return write_json_atomic(path, {
         "source": source, "hardware_key": hardware,
         "runs": [{"block": run.candidate.block, "reference": {n: list(map(float, v)) for n, v in run.reference.rows.items()},
-                  "candidate": {n: list(map(float, v)) for n, v in run.candidate.rows.items()}} for run in runs]})
+                  "candidate": {n: list(map(float, v)) for n, v in run.candidate.rows.items()}} for run in runs]},
+        sort_keys=False, allow_nan=False)
 
 
 def load_ab_runs(path: Path) -> list[ABRun]:

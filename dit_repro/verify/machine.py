@@ -13,13 +13,15 @@ from diffusers import AutoencoderKL
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from dit_repro.commands.info import LATENT_CHANNELS, model_info
-from dit_repro.commands.info import VAE_DOWNSAMPLE as LATENT_DOWNSAMPLE
-from dit_repro.data.vae import SD_VAE_CONFIG_DIR
+from dit_repro.config import Checkpointing
+from dit_repro.data.vae import LATENT_CHANNELS, SD_VAE_CONFIG_DIR
+from dit_repro.data.vae import VAE_DOWNSAMPLE as LATENT_DOWNSAMPLE
 from dit_repro.diffusion import create_diffusion
 from dit_repro.flops import forward_macs
 from dit_repro.models import build_model
-from dit_repro.models.attention import Attention, Backend, Selection
+from dit_repro.models.attention import Backend
+from dit_repro.models.facts import model_info
+from dit_repro.switches import apply_checkpointing, diffusion_loss, force_attention
 
 PAPER_IMAGE_SIZE = 256
 """Both papers train at 256x256 pixels (32x32 latents)."""
@@ -46,16 +48,13 @@ def training_step_flops(model: str, checkpointing: bool, image_size: int = PAPER
     latent = image_size // LATENT_DOWNSAMPLE
     with FakeTensorMode(allow_non_fake_inputs=True):
         net = build_model(model, input_size=latent, in_channels=LATENT_CHANNELS, num_classes=1000)
-        for module in net.modules():
-            if isinstance(module, Attention):  # the math backend: its two products are what the counter sees
-                module.selection = Selection(Backend.MATH.value, Backend.MATH)
-        if checkpointing:
-            net.set_checkpointing(frozenset(range(len(net.transformer_blocks))))
+        force_attention(net, Backend.MATH)  # its two products are what the counter sees
+        apply_checkpointing(net, Checkpointing.FULL if checkpointing else Checkpointing.NONE)
         diffusion = create_diffusion(learn_sigma=net.learn_sigma)
         x0 = torch.randn(1, LATENT_CHANNELS, latent, latent)
         t, y = torch.randint(0, diffusion.num_timesteps, (1,)), torch.randint(0, 1000, (1,))
         with FlopCounterMode(display=False) as counter:
-            diffusion.training_losses(net, x0, t, {"y": y}, torch.randn_like(x0))["loss"].sum().backward()
+            diffusion_loss(net, diffusion, x0, t, {"y": y}, torch.randn_like(x0), None).backward()
     return int(counter.get_total_flops())
 
 

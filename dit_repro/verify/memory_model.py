@@ -30,14 +30,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from dit_repro.commands.info import LATENT_CHANNELS
-from dit_repro.commands.info import VAE_DOWNSAMPLE as LATENT_DOWNSAMPLE
-from dit_repro.data.vae import SD_SCALE_FACTOR, SD_VAE_CONFIG_DIR
+from dit_repro.config import Checkpointing, Precision
+from dit_repro.data.vae import LATENT_CHANNELS, SD_SCALE_FACTOR, SD_VAE_CONFIG_DIR
+from dit_repro.data.vae import VAE_DOWNSAMPLE as LATENT_DOWNSAMPLE
 from dit_repro.diffusion import create_diffusion
 from dit_repro.models import PRESETS, build_model
-from dit_repro.models.attention import Attention, Backend, Selection
+from dit_repro.models.attention import Backend
+from dit_repro.precision import autocast_dtype
+from dit_repro.switches import apply_checkpointing, diffusion_loss, force_attention
 
-HALF_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FAMILY_ATTENTION = {"dit": Backend.MATH, "uvit": Backend.FLASH}
 """The attention each code base ran in the paper: DiT the conventional math, U-ViT FlashAttention (§4.2)."""
 
@@ -70,7 +71,7 @@ class MemorySpec:
             raise ValueError(f"per_gpu_batch must be >= 1, got {self.per_gpu_batch}")
         if self.checkpointing not in ("none", "full"):
             raise ValueError(f"checkpointing must be none or full, got {self.checkpointing!r}")
-        if self.precision not in ("fp32", "tf32", *HALF_PRECISIONS):
+        if self.precision not in {p.value for p in Precision}:
             raise ValueError(f"precision must be fp32, tf32, fp16 or bf16, got {self.precision!r}")
         if self.features not in ("live", "cached"):
             raise ValueError(f"features must be live or cached, got {self.features!r}")
@@ -170,10 +171,7 @@ class MemoryModel:
             family = PRESETS[spec.model].family
             latent = spec.image_size // LATENT_DOWNSAMPLE
             model = build_model(spec.model, input_size=latent, in_channels=LATENT_CHANNELS, num_classes=spec.num_classes)
-            backend = FAMILY_ATTENTION[family]
-            for module in model.modules():
-                if isinstance(module, Attention):  # set directly: the availability probe needs real tensors
-                    module.selection = Selection(backend.value, backend)
+            force_attention(model, FAMILY_ATTENTION[family])
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
             for p in params:  # one zero step creates AdamW's moments, as after the first real step
@@ -197,7 +195,7 @@ class MemoryModel:
         with self._mode:
             model, optimizer, ema, buckets = self._model(spec)
             vae = self._vae_model() if spec.features == "live" else None
-            model.set_checkpointing(frozenset(range(len(model.transformer_blocks))) if spec.checkpointing == "full" else frozenset())
+            apply_checkpointing(model, Checkpointing(spec.checkpointing))
             diffusion = create_diffusion(learn_sigma=model.learn_sigma)
             moments = [s for state in optimizer.state.values() for s in state.values() if isinstance(s, torch.Tensor)]
             resident = {
@@ -234,9 +232,7 @@ class MemoryModel:
         t = torch.randint(0, diffusion.num_timesteps, (b,))
         y = torch.randint(0, spec.num_classes, (b,))
         noise = torch.randn_like(x0)
-        dtype = HALF_PRECISIONS.get(spec.precision)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = diffusion.training_losses(model, x0, t, {"y": y}, noise)["loss"].mean()
+        loss = diffusion_loss(model, diffusion, x0, t, {"y": y}, noise, autocast_dtype(Precision(spec.precision)))
         loss.backward()
         del loss, x0, noise
         optimizer.step()

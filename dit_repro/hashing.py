@@ -1,4 +1,4 @@
-"""SHA-256 of files: identifies the checkpoint behind a sample set and verifies the Inception weights."""
+"""SHA-256 of files: names the checkpoint behind a sample set, checks latent-cache shards and the Inception weights."""
 
 from __future__ import annotations
 
