@@ -20,9 +20,11 @@ from dit_repro.data import synthetic
 from dit_repro.data.synthetic import SyntheticImages
 
 
-def test_the_fixed_cost_splits_the_setup_by_the_workers_own_clock() -> None:
-    cost = fixed_cost_split(started=100.0, set_up=112.0, warmed_up=120.5, setup_split={"data_s": 1.5, "build_s": 6.0})
+def test_the_fixed_cost_is_the_workers_own_split_plus_the_warm_up() -> None:
+    cost = fixed_cost_split({"import_s": 4.5, "data_s": 1.5, "build_s": 6.0}, warmup_s=8.5)
     assert cost == {"import_s": 4.5, "data_s": 1.5, "build_s": 6.0, "warmup_s": 8.5, "total_s": 20.5}
+    # A worker that could not tell its import time (not started by this runner) counts it as 0.
+    assert fixed_cost_split({"import_s": None}, warmup_s=1.0)["total_s"] == 1.0
     assert format_fixed_cost(cost) == "20.5 s (import 4.5, data 1.5, build 6.0, warm-up 8.5)"
 
 

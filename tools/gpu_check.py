@@ -170,7 +170,7 @@ def bench_summary(results_path: Path) -> dict:
         "device": results["device"]["name"],
         "rows": {row["name"]: row["status"] for row in results["rows"]},
         "best_mfu": None if best is None else {"row": best["name"], "mfu": best["compute"]["mfu"]},
-        "fixed_cost_s": {row["name"]: (row.get("fixed_cost") or {}).get("total_s") for row in rows},
+        "fixed_cost_s": {row["name"]: round((row.get("fixed_cost") or {}).get("total_s", float("nan")), 1) for row in rows},
     }
     peaks = {}
     for row in rows:

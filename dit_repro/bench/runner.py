@@ -38,6 +38,7 @@ from typing import Any
 
 from .reference import worker_environment
 from .stats import WarmupPolicy
+from .worker import SPAWNED_AT_ENV
 
 SCHEDULES = ("sequential", "interleaved")
 
@@ -174,7 +175,7 @@ class RowJob:
     fixed_cost: dict[str, float] = field(default_factory=dict)
     """Seconds from the worker's start to its first timed step: ``import_s`` (interpreter and
     libraries), ``data_s`` (data source), ``build_s`` (model, switches, optimizer, EMA), ``warmup_s``
-    and their ``total_s``; measured by the parent's clock, with the worker's own split of the setup."""
+    and their ``total_s`` (see :func:`fixed_cost_split`)."""
     handle: WorkerHandle | None = None
     """The live worker while the row runs."""
 
@@ -222,13 +223,14 @@ class Schedule:
         return sizes
 
 
-def fixed_cost_split(started: float, set_up: float, warmed_up: float, setup_split: dict[str, float]) -> dict[str, float]:
-    """The fixed cost of a row from the parent's clock readings (worker started, setup answered,
-    warm-up answered) and the worker's own ``data_s``/``build_s``; ``import_s`` is the rest of the setup."""
-    setup = set_up - started
-    data, build = float(setup_split.get("data_s", 0.0)), float(setup_split.get("build_s", 0.0))
-    return {"import_s": max(0.0, setup - data - build), "data_s": data, "build_s": build,
-            "warmup_s": warmed_up - set_up, "total_s": warmed_up - started}
+def fixed_cost_split(setup: dict[str, float | None], warmup_s: float) -> dict[str, float]:
+    """A row's fixed cost: the worker's own ``import_s``, ``data_s`` and ``build_s`` (0 where it could not
+    tell), the warm-up's duration, and their ``total_s``. Time a worker spent waiting for its turn (the
+    interleaved schedule starts every worker at once) is not counted."""
+    cost = {key: float(setup.get(key) or 0.0) for key in ("import_s", "data_s", "build_s")}
+    cost["warmup_s"] = warmup_s
+    cost["total_s"] = sum(cost.values())
+    return cost
 
 
 def format_fixed_cost(cost: dict[str, float]) -> str:
@@ -299,8 +301,8 @@ class MatrixRunner:
         env = cwd = None
         if job.code_root is not None:
             env, cwd = worker_environment(job.code_root), job.code_root
+        env = {**(env or {}), SPAWNED_AT_ENV: repr(time.time())}
         job.handle = WorkerHandle(self.log_dir / log_name(job.label), self.worker_command, env=env, cwd=cwd)
-        job.fixed_cost = {"started": time.perf_counter()}
 
     def _ask(self, job: RowJob, message: dict[str, Any]) -> dict[str, Any] | None:
         """Send a request; on any failure record it on the job, stop its worker and return None."""
@@ -328,17 +330,16 @@ class MatrixRunner:
             "threads": job.threads}})
         if reply is None:
             return
-        set_up = time.perf_counter()
         job.info = reply["info"]
         if not self._runs_expected_code(job):
             return
         self.say(f"{job.label}: warming up")
+        began = time.perf_counter()
         reply = self._ask(job, {"op": "warmup"})
         if reply is None:
             return
         job.warmup = reply["warmup"]
-        job.fixed_cost = fixed_cost_split(job.fixed_cost["started"], set_up, time.perf_counter(),
-                                          job.info.get("setup_s", {}))
+        job.fixed_cost = fixed_cost_split(job.info.get("setup_s") or {}, time.perf_counter() - began)
         self.say(f"{job.label}: fixed cost {format_fixed_cost(job.fixed_cost)}")
         steady = "steady" if job.warmup["steady"] else "NOT steady (warm-up cap reached)"
         self.say(f"{job.label}: {job.warmup['steps']} warm-up steps, {steady}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +69,10 @@ def failure_reply(exc: BaseException, phase: str, device: torch.device | None) -
     return reply
 
 
+SPAWNED_AT_ENV = "DIT_REPRO_SPAWNED_AT"
+"""Environment variable in which the parent passes the wall-clock time (``time.time()``) it started the worker."""
+
+
 class Worker:
     """Holds the row's session between requests and answers them."""
 
@@ -76,6 +81,8 @@ class Worker:
         """The measurement session, once set up."""
         self.workload: TrainerWorkload | MatmulWorkload | None = None
         """The row's workload, once built."""
+        self.import_s: float | None = None
+        """Seconds from the parent's start of this process to the first request (None: not told when)."""
 
     def handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Answer one request; the flag says whether the worker should exit afterwards."""
@@ -110,7 +117,7 @@ class Worker:
         self.workload = build_workload(row["workload"])
         self.session = RowSession(self.workload, WarmupPolicy(**row["warmup"]), row.get("inject_slowdown"))
         return {"ok": True, "info": {**self.workload.describe(), "clock": self.session.clock,
-                                     "setup_s": self.workload.fixed_costs(),
+                                     "setup_s": {"import_s": self.import_s, **self.workload.fixed_costs()},
                                      "inject_slowdown": self.session.inject_slowdown, "protocol": WORKER_PROTOCOL,
                                      "package": str(Path(__file__).resolve().parent.parent)}}
 
@@ -129,6 +136,9 @@ class Worker:
 def serve(requests: IO[str], replies: IO[str]) -> int:
     """Answer requests from ``requests`` on ``replies`` until ``finish``, a failure or end of input."""
     worker = Worker()
+    spawned_at = os.environ.get(SPAWNED_AT_ENV)
+    # Interpreter start and every import up to here: the worker's share of a row's fixed cost.
+    worker.import_s = None if spawned_at is None else max(0.0, time.time() - float(spawned_at))
     for line in requests:
         if not line.strip():
             continue
