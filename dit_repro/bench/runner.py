@@ -225,8 +225,9 @@ class Schedule:
 
 def fixed_cost_split(setup: dict[str, float | None], warmup_s: float) -> dict[str, float]:
     """A row's fixed cost: the worker's own ``import_s``, ``data_s`` and ``build_s`` (0 where it could not
-    tell), the warm-up's duration, and their ``total_s``. Time a worker spent waiting for its turn (the
-    interleaved schedule starts every worker at once) is not counted."""
+    tell), the warm-up's duration, and their ``total_s``. Time a worker spent waiting for its turn is not
+    counted; but the interleaved schedule (CPU) starts every worker at once, so there ``import_s``
+    includes the cores being shared by all of them importing together."""
     cost = {key: float(setup.get(key) or 0.0) for key in ("import_s", "data_s", "build_s")}
     cost["warmup_s"] = warmup_s
     cost["total_s"] = sum(cost.values())
