@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dit_repro.bench.matrices import build_matrix, parse_custom
-from dit_repro.config import ATTENTION_CHOICES, Checkpointing, CompileMode, ConfigError, Features, Precision
+from dit_repro.config import ATTENTION_CHOICES, Checkpointing, CompileMode, ConfigError, Features, Precision, Protocol
+from dit_repro.paper import load_paper
+from dit_repro.verify.claims import load_claims
 
 
 @pytest.mark.parametrize("device, amp", [("cuda", Precision.FP16), ("cpu", Precision.BF16)])
@@ -64,3 +66,33 @@ def test_custom_matrix_syntax_labels_aliases_and_defaults() -> None:
 def test_bad_matrix_specs_name_the_problem(spec: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         build_matrix(spec, "cpu")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_the_paper_matrices_are_its_rows_switches(device: str) -> None:
+    # One source: each row of table4 and table3 is a row of the paper's data, with its switches.
+    paper = load_paper()
+    table4 = build_matrix("table4", device)
+    assert [row.name for row in table4.rows] == paper.row_ids("table4")
+    for row in table4.rows:
+        printed = paper.row("table4", row.name)["switches"]
+        assert {k: v for k, v in row.switches.items() if k != "precision"} == {
+            k: v for k, v in printed.items() if k != "precision"}
+    table3 = build_matrix("table3", device)
+    assert [row.name for row in table3.rows] == ["original", "no-gcp", "no-amp"]
+    assert all(row.resolved().protocol is Protocol.UVIT for row in table3.rows)
+    assert build_matrix("uvit", device).rows[0].resolved().checkpointing is Checkpointing.FULL
+
+
+def test_every_matrix_a_claim_names_can_be_built_with_its_rows() -> None:
+    named = 0
+    for claim in load_claims().claims:
+        params = claim.measure.params
+        if "matrix" not in params:
+            continue
+        named += 1
+        matrix = build_matrix(params["matrix"], "cuda")
+        rows = [row.name for row in matrix.rows]
+        named_rows = [params[k] for k in ("row", "baseline_row") if k in params] + list(params.get("treated_rows", []))
+        assert set(named_rows) <= set(rows), (claim.id, named_rows, rows)
+    assert named == 40

@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
+from dit_repro.paper import PaperData, load_paper, parse_printed
 from dit_repro.verify.claims import load_claims
 from dit_repro.verify.consistency import check_consistency
 from dit_repro.verify.figures import change_interval, table1_stats
 from dit_repro.verify.machine import param_count
-from dit_repro.verify.paper import PaperData, load_paper, parse_printed
 from dit_repro.verify.verdicts import PaperCheck
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from dit_repro.paper import parse_printed
 from dit_repro.verify.claims import Comparison, Tolerance, load_claims
 from dit_repro.verify.consistency import ConsistencyResult
-from dit_repro.verify.paper import parse_printed
 from dit_repro.verify.runner import verify_claim
 from dit_repro.verify.verdicts import (
     Judgement,

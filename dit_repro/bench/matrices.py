@@ -1,7 +1,10 @@
 """Ablation matrices: named lists of switch settings, one benchmark row each.
 
-Built-in matrices are ``table4`` (the paper's Table 4), ``attention`` (every backend) and
-``compile`` (every torch.compile mode and scope). A custom matrix is written on the command line::
+Built-in matrices are ``table4`` (the paper's Table 4), ``table3`` (Table 3's rows that differ
+from U-ViT's script only in the switches), ``uvit`` (U-ViT's script as the paper ran it),
+``attention`` (every backend) and ``compile`` (every torch.compile mode and scope). The first
+three are built from the paper's data (:mod:`dit_repro.paper`), the one source of its setups,
+with the device's AMP dtype in place of the paper's fp16. A custom matrix is written on the command line::
 
     NAME=ROW;ROW;...      ROW = [LABEL@]KEY:VALUE[+KEY:VALUE...]   or   [LABEL@]default
 
@@ -23,8 +26,9 @@ from dit_repro.config import (
     ConfigError,
     Switches,
 )
+from dit_repro.paper import load_paper
 
-BUILTIN_MATRICES = ("table4", "attention", "compile")
+BUILTIN_MATRICES = ("table4", "table3", "uvit", "attention", "compile")
 
 KEY_ALIASES = {"ckpt": "checkpointing", "attn": "attention", "scope": "compile_scope", "every": "checkpoint_every"}
 
@@ -116,23 +120,20 @@ def amp_precision(device_type: str) -> str:
     return "fp16" if device_type == "cuda" else "bf16"
 
 
+def paper_switches(switches: dict[str, str], device_type: str) -> dict[str, str]:
+    """A paper row's switches with the paper's AMP (fp16, from Accelerate) as this device's AMP dtype."""
+    amp = amp_precision(device_type)
+    return {**switches, "precision": amp if switches["precision"] == "fp16" else switches["precision"]}
+
+
 def table4(device_type: str) -> Matrix:
     """The paper's Table 4: original, GCP without TF32, GCP, GCP+AMP, GCP+features, GCP+AMP+features."""
     amp = amp_precision(device_type)
-
-    def row(name: str, ckpt: str, precision: str, features: str) -> MatrixRow:
-        return MatrixRow(name, {"checkpointing": ckpt, "precision": precision, "features": features})
-
+    paper = load_paper()
     return Matrix(
         name="table4",
-        rows=(
-            row("original", "none", "tf32", "live"),
-            row("gcp-no-tf32", "full", "fp32", "live"),
-            row("gcp", "full", "tf32", "live"),
-            row("gcp+amp", "full", amp, "live"),
-            row("gcp+features", "full", "tf32", "cached"),
-            row("gcp+amp+features", "full", amp, "cached"),
-        ),
+        rows=tuple(MatrixRow(row_id, paper_switches(paper.row("table4", row_id)["switches"], device_type))
+                   for row_id in paper.row_ids("table4")),
         ratios=(
             RowRatio("checkpointing saved-activation ratio (gcp / original)", "saved_activation_bytes",
                      "gcp", "original", higher_is_better=False),
@@ -147,6 +148,24 @@ def table4(device_type: str) -> Matrix:
             "The paper's change rates are relative to GCP.",
         ),
     )
+
+
+def table3(device_type: str) -> Matrix:
+    """Table 3's switchable rows: U-ViT's script (checkpointing + AMP, cached features) without one or the other."""
+    paper = load_paper()
+    rows = tuple(MatrixRow(row_id, {**paper_switches(row["switches"], device_type), "protocol": "uvit"})
+                 for row_id in paper.row_ids("table3") if "switches" in (row := paper.row("table3", row_id)))
+    return Matrix(name="table3", rows=rows, notes=(
+        "Table 3's rows that change only switches (the others change U-ViT's architecture); run it with a U-ViT "
+        "model, e.g. --model U-ViT-S/2",))
+
+
+def uvit_matrix(device_type: str) -> Matrix:
+    """U-ViT's own script as the paper ran it (Table 2's U-ViT rows): its switches and its recipe, one row."""
+    switches = load_paper().protocols["uvit"]["switches"]
+    return Matrix(name="uvit", rows=(MatrixRow("original", {**paper_switches(switches, device_type), "protocol": "uvit"}),),
+                  notes=("U-ViT's training script: checkpointing, AMP, cached features, U-ViT's recipe; run it with a "
+                         "U-ViT model, e.g. --model U-ViT-H/2",))
 
 
 def attention_matrix(device_type: str) -> Matrix:
@@ -243,6 +262,10 @@ def build_matrix(spec: str, device_type: str) -> Matrix:
     """A built-in matrix by name, or a custom one from ``NAME=ROW;...``."""
     if spec == "table4":
         return table4(device_type)
+    if spec == "table3":
+        return table3(device_type)
+    if spec == "uvit":
+        return uvit_matrix(device_type)
     if spec == "attention":
         return attention_matrix(device_type)
     if spec == "compile":

@@ -1,8 +1,8 @@
 """The claims verifier: every claim of 'Optimizing Diffusion Transformers' as data, checked.
 
-* ``paper.json`` holds the paper's Tables 1-4 as printed; ``claims.json`` one entry per claim
+* ``dit_repro/paper/paper.json`` holds the paper's Tables 1-4 as printed; ``claims.json`` one entry per claim
   (text, source, figure, comparison, hardware, and how it is checked). Both are validated on
-  load (:mod:`~dit_repro.verify.paper`, :mod:`~dit_repro.verify.claims`).
+  load (:mod:`~dit_repro.paper`, :mod:`~dit_repro.verify.claims`).
 * :mod:`~dit_repro.verify.consistency` checks each claim against the paper's own numbers;
   :mod:`~dit_repro.verify.measure` measures what this machine can (machine-independent counts,
   the memory model, equivalence checks, GPU benchmark results);
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from dit_repro.envinfo import environment_fingerprint
+from dit_repro.paper import PaperDataError, load_paper
 
 from .claims import ClaimsError, ClaimSet, load_claims
 from .measure import Evidence
-from .paper import PaperDataError, load_paper
 from .results import ResultsFile, load_results_files
 from .runner import ClaimResult, VerificationReport, plot_data, verify_all
 from .small_scale import run_small_scale

@@ -20,7 +20,15 @@ from typing import Any
 
 import jsonschema
 
-from .paper import CellRef, PaperData, PaperDataError, Printed, load_paper, parse_printed, split_row_ref
+from dit_repro.paper import (
+    CellRef,
+    PaperData,
+    PaperDataError,
+    Printed,
+    load_paper,
+    parse_printed,
+    split_row_ref,
+)
 
 TABLE_REF = re.compile(r"^table[1-4]/")
 

@@ -11,9 +11,10 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dit_repro.paper import CellRef, PaperData, split_row_ref
+
 from .claims import Claim, ClaimSet, Tolerance
 from .figures import change_interval, coefficient_of_variation, table1_stats
-from .paper import CellRef, PaperData, split_row_ref
 from .verdicts import PaperCheck
 
 

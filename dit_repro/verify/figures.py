@@ -10,8 +10,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from dit_repro.paper import CellRef, PaperData, Printed
+
 from .claims import Claim
-from .paper import CellRef, PaperData, Printed
 from .verdicts import PaperFigure
 
 UNITS = {"steps_per_s": "steps/s", "average": "steps/s", "memory_mib": "MiB"}

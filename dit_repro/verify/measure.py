@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dit_repro.models import PRESETS
+from dit_repro.paper import split_row_ref
 
 from .claims import Claim, ClaimSet
 from .equivalence import CHECKS
 from .figures import UNITS, coefficient_of_variation
 from .machine import forward_gmacs, latent_shape, param_count, training_step_flops
 from .memory_model import MemoryModel, MemorySpec
-from .paper import split_row_ref
 from .results import ResultsFile, block_rate_cv, median, row_metric
 from .verdicts import Measurement, NotCheckable
 

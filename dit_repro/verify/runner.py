@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dit_repro.paper import CellRef
+
 from .claims import Claim, ClaimSet, Tolerance
 from .consistency import ConsistencyResult, check_consistency
 from .figures import paper_figure
 from .machine import param_count
 from .measure import Evidence
 from .memory_model import MemorySpec
-from .paper import CellRef
 from .results import row_metric
 from .verdicts import (
     Judgement,

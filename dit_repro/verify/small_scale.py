@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dit_repro.bench.latent_cache import build_temporary_cache
-from dit_repro.bench.matrices import Matrix, MatrixRow, amp_precision, table4
+from dit_repro.bench.matrices import Matrix, attention_matrix, compile_matrix, select_rows, table3, table4
 from dit_repro.bench.plan import BenchRequest, BenchScale, run_bench
 from dit_repro.bench.schema import write_results
 from dit_repro.bench.stats import WarmupPolicy
@@ -40,25 +40,14 @@ UVIT_SMALL_MODEL = "U-ViT-S/2"
 
 
 def small_matrices(device_type: str) -> list[tuple[Matrix, str]]:
-    """(matrix, model) pairs: Table 4, attention (math, flash, xformers), compile (eager, model, blocks), Table 3."""
-    amp = amp_precision(device_type)
-    best = {"checkpointing": "full", "precision": amp, "features": "cached"}
-    attention = Matrix("attention", tuple(MatrixRow(name, {**best, "attention": name}) for name in ("math", "flash", "xformers")),
-                       notes=(f"all rows: checkpointing=full, precision={amp}, features=cached",))
-    compile_rows = (
-        MatrixRow("eager", {**best, "compile": "off"}),
-        MatrixRow("default/model", {**best, "compile": "default", "compile_scope": "model"}),
-        MatrixRow("default/blocks", {**best, "compile": "default", "compile_scope": "blocks"}),
-    )
-    compiled = Matrix("compile", compile_rows, notes=(f"all rows: checkpointing=full, precision={amp}, features=cached",))
-    uvit = {"protocol": "uvit", "features": "cached"}
-    table3 = Matrix("table3", (
-        MatrixRow("original", {**uvit, "checkpointing": "full", "precision": amp}),
-        MatrixRow("no-gcp", {**uvit, "checkpointing": "none", "precision": amp}),
-        MatrixRow("no-amp", {**uvit, "checkpointing": "full", "precision": "fp32"}),
-    ), notes=("Table 3's switchable rows: U-ViT's recipe (checkpointing + AMP) without one or the other",))
+    """(matrix, model) pairs: Table 4, attention (math, flash, xformers), compile (eager, model, blocks), Table 3.
+
+    Each is a built-in matrix, or the rows of one that the claims compare.
+    """
+    attention = select_rows(attention_matrix(device_type), ["math", "flash", "xformers"])
+    compiled = select_rows(compile_matrix(device_type), ["eager", "default/model", "default/blocks"])
     model = SMALL_SCALE.model
-    return [(table4(device_type), model), (attention, model), (compiled, model), (table3, UVIT_SMALL_MODEL)]
+    return [(table4(device_type), model), (attention, model), (compiled, model), (table3(device_type), UVIT_SMALL_MODEL)]
 
 
 def run_small_scale(out_dir: Path, say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)

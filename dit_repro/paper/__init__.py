@@ -1,5 +1,8 @@
 """The paper's tables as data: numbers as printed (so their rounding is known) and cell references.
 
+One source for the paper's setups: the verifier reads its claims' numbers here, and the bench
+builds its Table 4, Table 3 and U-ViT matrices from the rows' switches here.
+
 A cell is named by a reference ``<table>/<row id>`` plus a metric (a column) and, for Table 4,
 a setting (``a100x1`` or ``a100x2``). Numbers are stored as the strings the paper prints; a
 :class:`Printed` keeps the value and half a unit of the last printed digit, which is how far
@@ -209,11 +212,11 @@ def _printed_strings(key: str, value: Any) -> list[str]:
 @functools.cache
 def paper_schema() -> dict[str, Any]:
     """JSON Schema of ``paper.json``."""
-    return json.loads(resources.files("dit_repro.verify").joinpath("paper.schema.json").read_text(encoding="utf-8"))
+    return json.loads(resources.files("dit_repro.paper").joinpath("paper.schema.json").read_text(encoding="utf-8"))
 
 
 @functools.cache
 def load_paper() -> PaperData:
     """The shipped ``paper.json`` (validated once per process)."""
-    text = resources.files("dit_repro.verify").joinpath("paper.json").read_text(encoding="utf-8")
+    text = resources.files("dit_repro.paper").joinpath("paper.json").read_text(encoding="utf-8")
     return PaperData(json.loads(text))
