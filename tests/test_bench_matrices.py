@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from dit_repro.bench.matrices import build_matrix, parse_custom
-from dit_repro.config import ATTENTION_CHOICES, Checkpointing, CompileMode, ConfigError, Features, Precision, Protocol
+from dit_repro.config import (
+    ATTENTION_CHOICES,
+    Checkpointing,
+    CompileMode,
+    ConfigError,
+    Features,
+    Precision,
+    Protocol,
+)
 from dit_repro.paper import load_paper
 from dit_repro.verify.claims import load_claims
 

@@ -90,10 +90,18 @@ def test_u_vit_beats_dit_in_every_comparable_table_2_pair(claims) -> None:
     assert check(claims, "t2-uvit-less-memory").check is PaperCheck.CONSISTENT
 
 
-def test_structural_u_vit_rows_are_minimal_and_0_62_is_approximately_table_1(claims) -> None:
-    assert check(claims, "t3-minimal").check is PaperCheck.CONSISTENT
+def test_structural_u_vit_rows_are_not_all_minimal_against_the_papers_own_spread(claims) -> None:
+    # 'out blocks with nn.linear' is +5.6%, beyond the 3.1% run-to-run spread of Table 1's consistent runs.
+    result = check(claims, "t3-minimal")
+    assert result.check is PaperCheck.INCONSISTENT and "out blocks with nn.linear +5.6%" in result.detail
+
+
+def test_0_62_is_approximately_table_1(claims) -> None:
+    # Experiment 1 (printed average 0.746, its cells' mean 0.716) is left out, as everywhere: 18.63 / 30.
     result = check(claims, "t1-grand-mean")
-    assert result.check is PaperCheck.CONSISTENT and "0.645" in result.detail
+    print(result.detail)
+    assert result.check is PaperCheck.CONSISTENT and "consistent runs 0.621" in result.detail
+    assert "exp1 left out" in result.detail and "all 40 epoch rates 0.645 (+4.0%)" in result.detail
 
 
 def test_memory_figures_fit_their_gpu(claims) -> None:
@@ -113,3 +121,13 @@ def test_change_intervals_widen_with_the_printed_rounding() -> None:
     interval = change_interval(parse_printed("0.43"), parse_printed("0.52"))
     assert interval.value == pytest.approx(0.52 / 0.43 - 1)
     assert interval.low == pytest.approx(0.515 / 0.435 - 1) and interval.high == pytest.approx(0.525 / 0.425 - 1)
+
+
+def test_the_59_percent_headline_is_flagged_with_the_rows_it_used(claims) -> None:
+    result = check(claims, "headline-memory-59")
+    assert result.check is PaperCheck.CONSISTENT
+    assert result.flags == ("-59% is Original -> GCP + AMP + Feature on Two A100s, not against the caption's baseline "
+                            "Gradient Checkpointing (GCP), which gives -37.6% on A100, -11.7% on Two A100s",)
+    # A figure computed against the caption's own baseline is not flagged.
+    assert not any(check(claims, c.id).flags for c in claims.claims
+                   if c.comparison.baseline == "table4/gcp" and c.consistency.kind == "headline_search")

@@ -1,4 +1,4 @@
-"""Verdict rules on synthetic measurements: each of the five verdicts is reachable, and the precedence holds."""
+"""Verdict rules on synthetic measurements: every verdict is reachable, and the precedence holds."""
 
 from __future__ import annotations
 
@@ -136,3 +136,24 @@ def test_all_five_verdicts_are_reached_on_real_claims(claim_id: str, result, ver
     assert isinstance(outcome.consistency, ConsistencyResult)
     if verdict is Verdict.INCONSISTENT:  # the measured verdict is still kept beside it
         assert outcome.judgement.verdict is Verdict.REPRODUCED
+
+
+def test_a_measured_lower_bound_is_consistent_unless_it_excludes_the_figure() -> None:
+    value = Comparison("value", "memory_mib", None, "table2/dit-xl2-a100x2-b128", None, "equal", None, "memory")
+    memory = Tolerance("memory", "test", 0.05, "test", "")
+    paper = figure(66259.0)
+    below = Measurement(30000.0, ">= 30,000 MiB", "memory model", bound="lower")
+    judged = judge_measurement(value, paper, below, memory)
+    # Far below the figure: as a value it would be 'not reproduced'; as a lower bound it does not contradict.
+    assert judged.verdict is Verdict.CONSISTENT_WITH_BOUND, judged.reason
+    assert judge_measurement(value, paper, measured(30000.0), memory).verdict is Verdict.NOT_REPRODUCED
+    above = Measurement(66259.0 * 1.06, ">= ...", "memory model", bound="lower")
+    assert judge_measurement(value, paper, above, memory).verdict is Verdict.NOT_REPRODUCED
+    upper = Measurement(60000.0, "<= 60,000 MiB", "test", bound="upper")
+    assert judge_measurement(value, paper, upper, memory).verdict is Verdict.NOT_REPRODUCED  # excludes 66,259
+
+
+def test_a_tolerance_measured_per_setting_applies_to_that_settings_claims() -> None:
+    memory = Tolerance("memory", "test", 0.18, "test", "", {"a100x1": 0.18, "a100x2": 0.044})
+    assert memory.for_setting("a100x2") == 0.044 and memory.for_setting("a100x1") == 0.18
+    assert memory.for_setting(None) == 0.18 and memory.for_setting("h100x8") == 0.18

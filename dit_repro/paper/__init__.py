@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import statistics
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -94,6 +95,27 @@ def split_row_ref(ref: str) -> tuple[str, str]:
     if not sep or not table or not row or "/" in row:
         raise PaperDataError(f"row reference {ref!r} is not <table>/<row id> (e.g. table4/gcp)")
     return table, row
+
+
+@dataclass(frozen=True)
+class AverageCheck:
+    """A printed average against the mean of the printed cells it averages."""
+
+    row: str
+    """The row."""
+    mean: float
+    """Mean of the printed cells."""
+    printed: Printed
+    """The printed average."""
+    gap: float
+    """|printed - mean|."""
+    allowed: float
+    """How far rounding alone can put them apart."""
+
+    @property
+    def consistent(self) -> bool:
+        """True when rounding explains the gap."""
+        return self.gap <= self.allowed
 
 
 class PaperData:
@@ -186,6 +208,17 @@ class PaperData:
         if gpu not in self.hardware:
             raise PaperDataError(f"unknown GPU {gpu!r}; known: {', '.join(self.hardware)}")
         return parse_printed(self.hardware[gpu]["memory_mib"])
+
+    def average_check(self, row: str) -> AverageCheck:
+        """Table 1's printed average of ``row`` against the mean of its printed epochs (the averages-vs-cells rule)."""
+        epochs = self.numbers(CellRef("table1", row, "epochs"))
+        printed = self.number(CellRef("table1", row, "average"))
+        if printed is None or not epochs:
+            raise PaperDataError(f"table1/{row} has no printed average or no epochs")
+        mean = statistics.fmean(p.value for p in epochs)
+        # The mean of rounded entries is within the largest half-unit of the mean of the true ones.
+        allowed = max(p.half_unit for p in epochs) + printed.half_unit
+        return AverageCheck(row, mean, printed, abs(printed.value - mean), allowed)
 
     def label(self, table: str, row: str) -> str:
         """The row's label as the paper prints it (Table 2 rows are named by model, GPUs and batch)."""

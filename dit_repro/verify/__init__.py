@@ -6,7 +6,7 @@
 * :mod:`~dit_repro.verify.consistency` checks each claim against the paper's own numbers;
   :mod:`~dit_repro.verify.measure` measures what this machine can (machine-independent counts,
   the memory model, equivalence checks, GPU benchmark results);
-  :mod:`~dit_repro.verify.verdicts` turns both into one of five verdicts (the rules are there).
+  :mod:`~dit_repro.verify.verdicts` turns both into one verdict (the rules are there).
 * :func:`run_verification` runs it all; :mod:`~dit_repro.verify.report` writes report.md,
   report.json and the plots. ``dit-repro verify`` is the command, ``nox -s verify`` the session.
 """

@@ -146,6 +146,8 @@ class Claim:
     """How this project measures it."""
     note: str | None = None
     """How a qualitative claim is read quantitatively."""
+    resolution: str | None = None
+    """Why no measurement can tell this claim's effect from no effect (the effect is within its tolerance)."""
 
     def row_refs(self) -> list[str]:
         """Every row reference of the entry (comparison and consistency parameters)."""
@@ -173,6 +175,14 @@ class Tolerance:
     """Why this tolerance."""
     detail: str
     """The numbers it was derived from."""
+    per_setting: dict[str, float] = field(default_factory=dict)
+    """Where the spread was measured separately per hardware setting (Table 4's one and two A100s), the
+    value for each: a claim about one setting takes that setting's, and only a claim naming none
+    takes :attr:`value`, the largest."""
+
+    def for_setting(self, setting: str | None) -> float | None:
+        """The tolerance of a claim about ``setting`` (None: no setting named)."""
+        return self.per_setting.get(setting, self.value) if setting else self.value
 
 
 @dataclass(frozen=True)
@@ -252,6 +262,7 @@ def _claim(entry: dict[str, Any]) -> Claim:
         consistency=Check(consistency.pop("kind"), consistency),
         measure=Check(measure.pop("kind"), measure),
         note=entry.get("note"),
+        resolution=entry.get("resolution"),
     )
 
 
@@ -353,16 +364,24 @@ def derive_tolerance(name: str, spec: dict[str, Any], paper: PaperData) -> Toler
             raise ClaimsError(f"tolerance {name!r}: run_to_run_spread needs two or more Table 1 rows")
         means = {}
         entries: list[float] = []
+        excluded = []
         for ref in rows:
             table, row = split_row_ref(ref)
+            check = paper.average_check(row)
+            if not check.consistent:  # a run whose printed average its own cells contradict is an anomaly
+                excluded.append(f"{row} (printed average {check.printed.text}, mean of its cells {check.mean:.3f})")
+                continue
             values = [p.value for p in paper.numbers(CellRef(table, row, "epochs"))]
             means[row] = statistics.fmean(values)
             entries += values
+        if len(means) < 2:
+            raise ClaimsError(f"tolerance {name!r}: fewer than two consistent Table 1 rows remain")
         grand = statistics.fmean(entries)
         worst = max(means, key=lambda r: abs(means[r] - grand))
         value = abs(means[worst] - grand) / grand
         detail = (f"run means {', '.join(f'{r} {m:.3f}' for r, m in means.items())} against their mean {grand:.3f}; "
-                  f"largest deviation {worst} {means[worst] - grand:+.3f} ({value:.1%})")
+                  f"largest deviation {worst} {means[worst] - grand:+.3f} ({value:.1%})"
+                  + (f"; left out, as inconsistent with its own cells: {', '.join(excluded)}" if excluded else ""))
         return Tolerance(name, derive, value, rationale, detail)
     if derive == "identical_tensor_spread":
         pairs = spec.get("pairs") or []
@@ -374,10 +393,15 @@ def derive_tolerance(name: str, spec: dict[str, Any], paper: PaperData) -> Toler
                 a = paper.number(CellRef(*split_row_ref(first), "memory_mib", setting))
                 b = paper.number(CellRef(*split_row_ref(second), "memory_mib", setting))
                 if a is not None and b is not None:
-                    spreads.append((abs(b.value / a.value - 1), f"{second} {b.text} vs {first} {a.text} on {setting}"))
+                    spreads.append((abs(b.value / a.value - 1), f"{second} {b.text} vs {first} {a.text} on {setting}", setting))
         if not spreads:
             raise ClaimsError(f"tolerance {name!r}: no pair holds two memory figures")
-        value, where = max(spreads)
-        detail = "; ".join(f"{text} ({spread:.1%})" for spread, text in spreads)
-        return Tolerance(name, derive, value, rationale, f"{detail}; largest {value:.1%} ({where})")
+        value, where = max((spread, text) for spread, text, _ in spreads)
+        per_setting: dict[str, float] = {}
+        for spread, _, setting in spreads:
+            per_setting[setting] = max(spread, per_setting.get(setting, 0.0))
+        detail = "; ".join(f"{text} ({spread:.1%})" for spread, text, _ in spreads)
+        return Tolerance(name, derive, value, rationale,
+                         f"{detail}; a claim about one setting takes that setting's largest, others {value:.1%} ({where})",
+                         per_setting)
     raise ClaimsError(f"tolerance {name!r}: unknown derive rule {derive!r}")

@@ -230,7 +230,8 @@ class Evidence:
                                _spec_text(base_spec) + " against " + _spec_text(spec))
         estimate = self.memory_model.estimate(spec)
         if c.kind == "value":
-            return Measurement(estimate.peak_mib, f">= {estimate.peak_mib:,.0f} MiB", where, _spec_text(spec))
+            return Measurement(estimate.peak_mib, f">= {estimate.peak_mib:,.0f} MiB", where, _spec_text(spec),
+                               bound="lower")
         capacity = self.paper.capacity_mib(treated.gpu).value
         allowance = self.claims.tolerances[c.tolerance].value
         peak = estimate.peak_mib

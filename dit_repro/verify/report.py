@@ -78,11 +78,23 @@ def _details(result: ClaimResult) -> list[str]:
     lines = [f"- **{c.id}** ({result.verdict.value})"]
     if c.note:
         lines.append(f"  - reading: {c.note}")
+    if c.resolution:
+        lines.append(f"  - below resolution: {c.resolution}")
     lines.append(f"  - paper check ({result.consistency.check.value}): {result.consistency.detail}")
+    lines += [f"  - **flagged**: {flag}" for flag in result.consistency.flags]
     if isinstance(result.measured, Measurement):
         lines.append(f"  - measured: {result.measured.display}; {result.measured.detail}")
     lines.append(f"  - {result.judgement.verdict.value}: {result.judgement.reason}")
     return lines
+
+
+def _flag_lines(report: VerificationReport) -> list[str]:
+    """The flagged claims, one line each, under the verdict counts."""
+    flagged = [(r.claim.id, flag) for r in report.results for flag in r.consistency.flags]
+    if not flagged:
+        return []
+    return ["Flagged (the paper check passes, but read it with this):", "",
+            *[f"- **{claim_id}**: {flag}" for claim_id, flag in flagged], ""]
 
 
 def render_markdown(report: VerificationReport, plots: dict[str, str] | None = None) -> str:
@@ -105,14 +117,16 @@ def render_markdown(report: VerificationReport, plots: dict[str, str] | None = N
         "|---|---|",
         *[f"| {verdict} | {count} |" for verdict, count in counts.items()],
         "",
+        *_flag_lines(report),
         "## How to read this",
         "",
         "- Each claim is judged twice. **Paper check**: do the paper's own numbers (through the rounding of "
         "their printed digits) support the text? **Measured**: what this machine, the memory model or the given "
         "GPU results show.",
         "- The final verdict is *inconsistent in the paper itself* when the paper check fails; otherwise it is "
-        "the measured verdict: *reproduced* (same direction, size within the tolerance), *direction only*, "
-        "*not reproduced*, or *not checkable here* (with the reason).",
+        "the measured verdict: *reproduced* (same direction, size within the tolerance), *consistent with a "
+        "bound* (a lower bound measured here, such as the tensors-only memory, does not exclude the figure), "
+        "*direction only*, *not reproduced*, or *not checkable here* (with the reason).",
         "- A change the paper reports that is no larger than its tolerance has no direction the paper's own "
         "spread can establish: it counts as reproduced when the measurement is within the tolerance of it.",
         "- Per-GPU memory is modelled on fake tensors at the paper's scale (weights, gradients, AdamW, EMA, DDP "

@@ -22,6 +22,8 @@ Rules of the measured verdict, with tolerance ``t`` (see :class:`dit_repro.verif
 * value: reproduced when the measurement is within ``t`` of the figure (relative, or half a
   unit of the last printed digit for ``printed``), else not reproduced.
 * bound: reproduced when ``m <= p + t`` (at most) or ``m >= p - t`` (at least).
+* a measured bound (the memory model's tensors-only lower bound) of a value: consistent with a
+  bound unless it excludes the figure (a lower bound above ``p + t``), then not reproduced.
 * holds (a yes/no outcome such as OOM or equal losses): reproduced when it comes out as claimed.
 """
 
@@ -35,9 +37,10 @@ from .claims import Comparison, Tolerance
 
 
 class Verdict(str, enum.Enum):
-    """The five verdicts a claim can get."""
+    """The verdicts a claim can get."""
 
     REPRODUCED = "reproduced"
+    CONSISTENT_WITH_BOUND = "consistent with a bound"
     DIRECTION_ONLY = "direction only"
     NOT_REPRODUCED = "not reproduced"
     NOT_CHECKABLE = "not checkable here"
@@ -77,6 +80,9 @@ class Measurement:
     """Where it was measured: device and scale, or ``memory model``, ``meta device`` ..."""
     detail: str = ""
     """How it was measured."""
+    bound: str | None = None
+    """``lower`` or ``upper`` when ``value`` bounds the quantity rather than measures it (the memory
+    model counts tensors only: a lower bound of what a GPU reports)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +109,12 @@ def tolerance_for(comparison: Comparison, tolerance: Tolerance, figure: PaperFig
     Relative tolerances (speed, memory) scale with the figure for value comparisons; for changes
     and bounds they are points of the relative change. ``printed`` is the figure's own rounding.
     """
-    if tolerance.value is None:
+    value = tolerance.for_setting(comparison.setting)
+    if value is None:
         return figure.half_unit
     if comparison.kind == "value" and isinstance(figure.value, float):
-        return tolerance.value * abs(figure.value)
-    return tolerance.value
+        return value * abs(figure.value)
+    return value
 
 
 def judge_measurement(
@@ -129,6 +136,8 @@ def judge_measurement(
         return _judge_change(comparison.direction, p, float(m), t)
     if p is None or isinstance(p, bool):
         raise ValueError(f"a {comparison.kind} comparison needs the paper's figure")
+    if comparison.kind == "value" and measured.bound is not None:
+        return _judge_bound(measured.bound, float(m), float(p), t)
     if comparison.kind == "value":
         ok = abs(m - p) <= t
         return Judgement(Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED,
@@ -140,6 +149,19 @@ def judge_measurement(
     ok = m >= p - t
     return Judgement(Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED,
                      f"measured {m:.4g} {'>=' if ok else '<'} bound {p:.4g} - tolerance {t:.4g}")
+
+
+def _judge_bound(bound: str, m: float, p: float, t: float) -> Judgement:
+    """A measured bound against the paper's figure: consistent unless the bound excludes the figure."""
+    if bound == "lower":
+        excluded = m > p + t
+        relation = f"lower bound {m:.4g} {'>' if excluded else '<='} figure {p:.4g} + tolerance {t:.4g}"
+    else:
+        excluded = m < p - t
+        relation = f"upper bound {m:.4g} {'<' if excluded else '>='} figure {p:.4g} - tolerance {t:.4g}"
+    if excluded:
+        return Judgement(Verdict.NOT_REPRODUCED, f"contradicts the paper: {relation}")
+    return Judgement(Verdict.CONSISTENT_WITH_BOUND, f"does not exclude the paper's figure: {relation}")
 
 
 def _judge_change(direction: str, p: float | bool | None, m: float, t: float) -> Judgement:
