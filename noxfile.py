@@ -98,9 +98,9 @@ def gpu_bench(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def verify(session: nox.Session) -> None:
-    """Every claim of the paper with a verdict: verify-out/report.md, report.json and plots.
+    """Every claim of the paper with a verdict: verify/report.md, report.json and plots (the committed report).
 
     Arguments after ``--`` go to ``dit-repro verify`` (e.g. ``-- --results bench-out/results.json``).
     """
     python = project_env(session)
-    session.run(python, "-m", "dit_repro.cli", "verify", "--out", "verify-out", *session.posargs, external=True)
+    session.run(python, "-m", "dit_repro.cli", "verify", "--out", "verify", *session.posargs, external=True)

@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="results JSON files of `dit-repro bench` to read (GPU results give the speed claims)")
     parser.add_argument("--scale", choices=SCALES, default="none",
                         help="small: first benchmark a DiT-S/2 subset on this GPU (a few minutes); default none")
-    parser.add_argument("--out", type=Path, default=Path("verify-out"),
-                        help="output folder for report.md, report.json and the plots (default verify-out)")
+    parser.add_argument("--out", type=Path, default=Path("verify"),
+                        help="output folder for report.md, report.json and the plots (default verify: the committed report)")
     parser.add_argument("--skip-equivalence", action="store_true",
                         help="skip the in-process equivalence checks (the slowest part on a CPU)")
     parser.add_argument("--claims", type=Path, default=None, help="another claims file (default: the shipped one)")

@@ -56,7 +56,7 @@ class ClaimResult:
             "id": c.id,
             "source": c.source,
             "text": c.text,
-            "note": c.note,
+            "note": c.note, "resolution": c.resolution,
             "comparison": {
                 "kind": c.comparison.kind, "metric": c.comparison.metric, "baseline": c.comparison.baseline,
                 "treated": c.comparison.treated, "setting": c.comparison.setting, "direction": c.comparison.direction,
