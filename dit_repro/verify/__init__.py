@@ -47,8 +47,8 @@ class VerifyOptions:
     """Results files of ``dit-repro bench`` to read."""
     scale: str = "none"
     """``none`` or ``small`` (benchmark a DiT-S/2 subset on this GPU first)."""
-    out_dir: Path = Path("verify-out")
-    """Where the report, the plots and (with --scale small) the benchmark results go."""
+    out_dir: Path = Path("verify")
+    """Where the report, the plots and (with --scale small) the benchmark results go (verify/: the committed report)."""
     equivalence: bool = True
     """Run the in-process equivalence checks (the slowest part on a CPU)."""
     claims_path: Path | None = None
