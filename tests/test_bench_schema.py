@@ -67,6 +67,14 @@ def test_repeated_row_names_are_refused() -> None:
         validate_results(document)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])  # -inf already fails the schema's minimum
+def test_non_finite_measurements_are_refused_naming_row_and_field(value: float) -> None:
+    document = _document()
+    document["rows"][0]["timing"]["step_times_s"][3] = value
+    with pytest.raises(ResultsError, match=r"non-finite number \((nan|inf|-inf)\) at rows/0/timing/step_times_s/3"):
+        validate_results(document)
+
+
 def test_unreadable_files_are_results_errors(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="does not exist"):
         load_results(tmp_path / "missing.json")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,24 @@ def validate_results(data: Any, source: str = "results") -> dict[str, Any]:
     row_names = [row["name"] for row in data["rows"]]
     if len(set(row_names)) != len(row_names):
         raise ResultsError(f"{source} repeats row names: {row_names}")
+    for where, value in _numbers(data):
+        if not math.isfinite(value):
+            # JSON Schema's "minimum" lets NaN through (every comparison with NaN is false).
+            raise ResultsError(f"{source} holds a non-finite number ({value}) at {where}: a measurement "
+                               "must be a finite number; the run that wrote it is broken, measure again")
     return data
+
+
+def _numbers(value: Any, where: str = "") -> Iterator[tuple[str, float]]:
+    """Every float in a JSON document with its path (``rows/2/timing/median_s``)."""
+    if isinstance(value, float):
+        yield where or "(top level)", value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{where}/{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{where}/{index}" if where else str(index))
 
 
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
