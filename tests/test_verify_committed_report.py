@@ -49,3 +49,9 @@ def test_the_tolerances_are_the_current_ones(committed: dict) -> None:
         {name: t.value for name, t in CLAIMS.tolerances.items()})
     assert sum(committed["counts"].values()) == len(CLAIMS.claims)
     assert (REPORT.parent / "report.md").is_file()
+
+
+def test_the_findings_of_the_general_rules_are_the_current_ones(committed: dict) -> None:
+    from dit_repro.verify.rules import run_rules
+
+    assert committed["findings"] == [f.to_dict() for f in run_rules(CLAIMS.claims, CLAIMS.paper, param_count)]

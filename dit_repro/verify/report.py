@@ -97,6 +97,14 @@ def _flag_lines(report: VerificationReport) -> list[str]:
             *[f"- **{claim_id}**: {flag}" for claim_id, flag in flagged], ""]
 
 
+def _finding_lines(report: VerificationReport) -> list[str]:
+    """What the general rules found, rule by rule, each with the rows it used."""
+    if not report.findings:
+        return []
+    return ["Findings of the general rules (each run over all of the paper's numbers):", "",
+            *[f"- *{f.rule}*: {f.message} [rows: {'; '.join(f.rows)}]" for f in report.findings], ""]
+
+
 def render_markdown(report: VerificationReport, plots: dict[str, str] | None = None) -> str:
     """The whole report as markdown."""
     env = report.environment
@@ -118,6 +126,7 @@ def render_markdown(report: VerificationReport, plots: dict[str, str] | None = N
         *[f"| {verdict} | {count} |" for verdict, count in counts.items()],
         "",
         *_flag_lines(report),
+        *_finding_lines(report),
         "## How to read this",
         "",
         "- Each claim is judged twice. **Paper check**: do the paper's own numbers (through the rounding of "

@@ -16,6 +16,7 @@ from .machine import param_count
 from .measure import Evidence
 from .memory_model import MemorySpec
 from .results import row_metric
+from .rules import Finding
 from .verdicts import (
     Judgement,
     Measurement,
@@ -88,6 +89,8 @@ class VerificationReport:
     """The machine (dit_repro.envinfo.environment_fingerprint)."""
     plots: dict[str, Any]
     """Series of speed and memory per Table 4 configuration (paper, memory model, GPU results)."""
+    findings: list[Finding] = field(default_factory=list)
+    """What the general consistency rules found in the paper's numbers (:mod:`dit_repro.verify.rules`)."""
     created_utc: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     """When the run finished."""
 
@@ -109,6 +112,7 @@ class VerificationReport:
                 for name, t in self.tolerances.items()
             },
             "claims": [r.to_dict() for r in self.results],
+            "findings": [f.to_dict() for f in self.findings],
             "plots": self.plots,
         }
 
