@@ -103,4 +103,20 @@ def test_every_matrix_a_claim_names_can_be_built_with_its_rows() -> None:
         rows = [row.name for row in matrix.rows]
         named_rows = [params[k] for k in ("row", "baseline_row") if k in params] + list(params.get("treated_rows", []))
         assert set(named_rows) <= set(rows), (claim.id, named_rows, rows)
-    assert named == 40
+    assert named == 42
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "sp ace", ""])
+def test_a_custom_matrix_name_that_is_not_a_plain_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="plain name|NAME=ROW"):
+        parse_custom(f"{name}=ckpt:full")
+
+
+def test_a_results_file_whose_matrix_name_is_a_path_is_refused() -> None:
+    from dit_repro.bench.schema import ResultsError, validate_results
+    from tests.bench_documents import make_job, make_results
+
+    document = make_results([make_job("a", times=[0.2, 0.25, 0.3], device_type="cpu")])
+    document["matrix"]["name"] = "../../outside"
+    with pytest.raises(ResultsError, match="matrix/name"):
+        validate_results(document)

@@ -16,6 +16,7 @@ Switches a row does not name take the bench base: ``features=cached`` and the Sw
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ from dit_repro.config import (
 from dit_repro.paper import load_paper
 
 BUILTIN_MATRICES = ("table4", "table3", "uvit", "attention", "compile")
+
+MATRIX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+"""A matrix name: it becomes part of a baseline's file name, so no path separators and no leading dot."""
 
 KEY_ALIASES = {"ckpt": "checkpointing", "attn": "attention", "scope": "compile_scope", "every": "checkpoint_every"}
 
@@ -212,6 +216,9 @@ def parse_custom(spec: str) -> Matrix:
         )
     if name in BUILTIN_MATRICES:
         raise ConfigError(f"custom matrix name {name!r} clashes with a built-in matrix; choose another name")
+    if not MATRIX_NAME.fullmatch(name):
+        raise ConfigError(f"custom matrix name {name!r} is not a plain name: it becomes part of the baseline's file "
+                          "name, so use letters, digits and . _ + - only (e.g. mine)")
     rows = tuple(_parse_row(text.strip()) for text in body.split(";") if text.strip())
     return Matrix(name=name, rows=rows, notes=("unnamed switches take features=cached and the Switches defaults",))
 
