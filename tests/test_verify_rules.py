@@ -12,7 +12,14 @@ import pytest
 from dit_repro.paper import PaperData
 from dit_repro.verify.claims import load_claims
 from dit_repro.verify.machine import param_count
-from dit_repro.verify.rules import averages_vs_cells, parameter_counts, percentages_vs_pairs, run_rules
+from dit_repro.verify.rules import (
+    averages_vs_cells,
+    change_tolerance,
+    parameter_counts,
+    percentages_vs_pairs,
+    run_rules,
+    switch_across_settings,
+)
 
 RAW = json.loads(resources.files("dit_repro.paper").joinpath("paper.json").read_text(encoding="utf-8"))
 CLAIMS = load_claims()
@@ -69,7 +76,7 @@ def test_percentages_vs_pairs_name_the_pairs_and_the_captions_baseline() -> None
 
 
 def test_on_the_paper_the_rules_find_its_known_inconsistencies() -> None:
-    found = {(f.rule, f.rows[0]) for f in run_rules(CLAIMS.claims, CLAIMS.paper, param_count)}
+    found = {(f.rule, f.rows[0]) for f in run_rules(CLAIMS.claims, CLAIMS.paper, param_count, change_tolerance(CLAIMS.tolerances))}
     assert ("averages vs cells", "table1/exp1") in found
     assert {r for rule, r in found if rule == "parameter counts vs architectures"} == {
         "table2/dit-l2-a100x1-b128", "table2/dit-b2-a100x1-b128"}
@@ -83,3 +90,28 @@ def test_a_consistent_table_gives_no_findings(rule) -> None:
         for entry in tables["table2"]["rows"]:
             entry["params"] = {"DiT-L/2": "458M", "DiT-B/2": "131M"}.get(entry["model"], entry["params"])
     assert rule(edited(make_consistent)) == []
+
+
+def test_one_switch_on_two_settings_finds_opposite_and_far_apart_effects() -> None:
+    flat = lambda metric, setting: 0.03  # noqa: E731 - a tolerance of 3% everywhere
+    found = {f.message for f in switch_across_settings(CLAIMS.paper, flat)}
+    # AMP's memory: -8.1% on one A100, +1.0% on two.
+    assert any(m.startswith("Gradient Checkpointing (GCP) -> GCP + AMP (precision only), memory_mib: -8.1% on A100, "
+                            "+1.0% on Two A100s: opposite directions") for m in found)
+
+    def same_everywhere(tables: dict) -> None:  # two A100s measured exactly like one
+        for entry in tables["table4"]["rows"]:
+            entry["a100x2"] = dict(entry["a100x1"])
+            if entry["a100x2"]["memory_mib"] == "OOM":
+                entry["a100x2"] = {"steps_per_s": None, "memory_mib": "OOM"}
+    assert switch_across_settings(edited(same_everywhere), flat) == []
+
+
+def test_the_settings_rule_uses_the_sum_of_both_settings_tolerances() -> None:
+    tolerance = change_tolerance(CLAIMS.tolerances)
+    assert tolerance("memory_mib", "a100x1") == pytest.approx(51991 / 44045 - 1)
+    assert tolerance("steps_per_s", "a100x2") == pytest.approx(CLAIMS.tolerances["speed"].value)
+    messages = [f.message for f in switch_across_settings(CLAIMS.paper, tolerance)]
+    print("\n".join(messages))
+    # GCP -> GCP + Feature memory: -33.7% and -12.6%, 21.1 points apart, within 18.0% + 4.4%.
+    assert not any("GCP + Feature (features only), memory_mib" in m and m.startswith("Gradient") for m in messages)

@@ -27,7 +27,7 @@ from .claims import ClaimsError, ClaimSet, load_claims
 from .machine import param_count
 from .measure import Evidence
 from .results import ResultsFile, load_results_files
-from .rules import run_rules
+from .rules import change_tolerance, run_rules
 from .runner import ClaimResult, VerificationReport, plot_data, verify_all
 from .small_scale import run_small_scale
 from .verdicts import PaperCheck, Verdict
@@ -73,7 +73,7 @@ def run_verification(options: VerifyOptions, say: Callable[[str], None] | None =
     return VerificationReport(
         results=claim_results,
         tolerances=claims.tolerances,
-        findings=run_rules(claims.claims, claims.paper, param_count),
+        findings=run_rules(claims.claims, claims.paper, param_count, change_tolerance(claims.tolerances)),
         inputs={
             "results": [r.path for r in results],
             "scale": options.scale,

@@ -9,13 +9,17 @@ tested on synthetic tables:
 * **parameter counts vs architectures**: every printed parameter count against the preset's count;
 * **percentages vs row pairs**: every percentage the text states for Table 4 against every pair
   of Table 4 rows that could produce it, naming the pairs and whether any uses the baseline the
-  caption states.
+  caption states;
+* **one switch on two hardware settings**: every pair of Table 4 rows that differ in one switch,
+  whose effect on one A100 and on two goes in opposite directions (neither change's rounding
+  interval reaching zero), or differs by more than twice the tolerance of the metric.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from dit_repro.paper import CellRef, PaperData, Printed
 
@@ -119,7 +123,55 @@ def percentages_vs_pairs(claims: Iterable[Claim], paper: PaperData) -> list[Find
     return findings
 
 
-def run_rules(claims: Iterable[Claim], paper: PaperData, param_count: Callable[[str], int]) -> list[Finding]:
-    """Every rule's findings, rule by rule."""
+def switch_across_settings(paper: PaperData, tolerance: Callable[[str, str], float]) -> list[Finding]:
+    """Every one-switch pair of Table 4 rows whose effect differs between the hardware settings.
+
+    ``tolerance(metric, setting)`` is the tolerance of a change in ``metric`` on ``setting``; two
+    settings' changes are "very different" when further apart than the sum of their tolerances.
+    """
+    findings = []
+    rows = paper.row_ids("table4")
+    settings = paper.settings("table4")
+    for i, base in enumerate(rows):
+        for treated in rows[i + 1:]:  # each pair once, in the table's order
+            switches_a = paper.row("table4", base)["switches"]
+            switches_b = paper.row("table4", treated)["switches"]
+            differing = [k for k in switches_a if switches_a[k] != switches_b[k]]
+            if len(differing) != 1:
+                continue
+            for metric in ("steps_per_s", "memory_mib"):
+                changes = {}
+                for setting in settings:
+                    a = paper.number(CellRef("table4", base, metric, setting))
+                    b = paper.number(CellRef("table4", treated, metric, setting))
+                    if a is not None and b is not None:
+                        changes[setting] = change_interval(a, b)
+                if len(changes) < 2:
+                    continue
+                (s1, c1), (s2, c2) = list(changes.items())[:2]
+                opposite = (c1.low > 0 and c2.high < 0) or (c1.high < 0 and c2.low > 0)
+                allowed = tolerance(metric, s1) + tolerance(metric, s2)
+                far = abs(c1.value - c2.value) > allowed
+                if opposite or far:
+                    what = "opposite directions" if opposite else f"further apart than their tolerances together ({allowed:.1%})"
+                    label = lambda setting: paper.tables["table4"]["settings"][setting]["label"]  # noqa: E731
+                    findings.append(Finding(
+                        "one switch on two hardware settings",
+                        (f"table4/{base} -> table4/{treated} ({s1})", f"table4/{base} -> table4/{treated} ({s2})"),
+                        f"{paper.label('table4', base)} -> {paper.label('table4', treated)} ({differing[0]} only), "
+                        f"{metric}: {c1.value:+.1%} on {label(s1)}, {c2.value:+.1%} on {label(s2)}: {what}"))
+    return findings
+
+
+def run_rules(claims: Iterable[Claim], paper: PaperData, param_count: Callable[[str], int],
+              tolerance: Callable[[str, str], float]) -> list[Finding]:
+    """Every rule's findings, rule by rule; ``tolerance(metric, setting)`` as for :func:`switch_across_settings`."""
     claims = list(claims)
-    return [*averages_vs_cells(paper), *parameter_counts(paper, param_count), *percentages_vs_pairs(claims, paper)]
+    return [*averages_vs_cells(paper), *parameter_counts(paper, param_count), *percentages_vs_pairs(claims, paper),
+            *switch_across_settings(paper, tolerance)]
+
+
+def change_tolerance(tolerances: dict[str, Any]) -> Callable[[str, str], float]:
+    """``tolerance(metric, setting)`` from the claims' named tolerances: speed for steps/s, memory for MiB."""
+    names = {"steps_per_s": "speed", "memory_mib": "memory"}
+    return lambda metric, setting: float(tolerances[names[metric]].for_setting(setting))
