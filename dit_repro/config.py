@@ -205,6 +205,11 @@ class TrainConfig:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name, minimum in (("log_every", 1), ("num_workers", 0), ("checkpoint_every_steps", 0), ("image_size", 1)):
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.switches.features is Features.CACHED and not self.cache_dir:
             raise ConfigError("features=cached needs a latent cache: pass cache_dir (made by `dit-repro extract`)")
         if self.switches.features is Features.LIVE and not self.vae:

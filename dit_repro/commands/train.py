@@ -21,6 +21,7 @@ from ..config import (
 )
 from ..distributed import shutdown
 from ..models.attention import AttentionBackendUnavailable
+from .arguments import at_least, fraction_below_one, positive_number
 
 
 def _values(kind) -> list[str]:
@@ -36,7 +37,7 @@ def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fp32 (TF32 off), tf32, fp16 (autocast + grad scaler) or bf16 (autocast); default fp32")
     group.add_argument("--checkpointing", default="none", choices=_values(Checkpointing),
                        help="activation checkpointing: none, full (every block) or every-k; default none")
-    group.add_argument("--checkpoint-every", type=int, default=2, help="k for --checkpointing every-k; default 2")
+    group.add_argument("--checkpoint-every", type=at_least(1), default=2, help="k for --checkpointing every-k; default 2")
     group.add_argument("--compile", default="off", choices=_values(CompileMode), help="torch.compile mode; default off")
     group.add_argument("--compile-scope", default="model", choices=_values(CompileScope),
                        help="compile the whole model or each block; default model")
@@ -75,21 +76,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default="DiT-S/2", help="model preset (dit-repro info --list)")
     parser.add_argument("--data", default="digits", help="digits, synthetic, or an ImageFolder directory")
-    parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
-    parser.add_argument("--num-classes", type=int, default=None, help="class count (default: the dataset's)")
+    parser.add_argument("--image-size", type=at_least(1), default=16, help="image side in pixels")
+    parser.add_argument("--num-classes", type=at_least(1), default=None, help="class count (default: the dataset's)")
     parser.add_argument("--cache", dest="cache_dir", default=None, help="latent cache from `dit-repro extract`")
     parser.add_argument("--vae", default=None, help="VAE weights folder/file, or tiny-random (tests only)")
-    parser.add_argument("--batch-size", dest="global_batch_size", type=int, default=32, help="global batch size")
-    parser.add_argument("--steps", type=int, default=200, help="total optimizer steps")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the protocol's)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps (default: the protocol's)")
-    parser.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay")
+    parser.add_argument("--batch-size", dest="global_batch_size", type=at_least(1), default=32, help="global batch size")
+    parser.add_argument("--steps", type=at_least(0), default=200, help="total optimizer steps")
+    parser.add_argument("--lr", type=positive_number, default=None, help="learning rate (default: the protocol's)")
+    parser.add_argument("--warmup-steps", type=at_least(0), default=None, help="warm-up steps (default: the protocol's)")
+    parser.add_argument("--ema-decay", type=fraction_below_one, default=0.9999, help="EMA decay")
     parser.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--num-workers", type=at_least(0), default=0, help="DataLoader workers")
     parser.add_argument("--out", dest="out_dir", default=None, help="run directory")
-    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
-    parser.add_argument("--checkpoint-every-steps", type=int, default=0, help="steps between checkpoints (0: only last)")
+    parser.add_argument("--log-every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
+    parser.add_argument("--checkpoint-every-steps", type=at_least(0), default=0, help="steps between checkpoints (0: only last)")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
     parser.add_argument("--strict-fp32-encode", action="store_true",
                         help="--features live: encode with TF32 forbidden (default: the encode follows --precision's "

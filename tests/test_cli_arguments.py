@@ -1,0 +1,30 @@
+"""Train flags are validated when parsed: a bad value is an argparse error naming the flag, before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from dit_repro.cli import main
+from dit_repro.config import ConfigError, TrainConfig
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [("--log-every", "0", ">= 1, got 0"), ("--num-workers", "-1", ">= 0, got -1"), ("--steps", "-5", ">= 0, got -5"),
+     ("--batch-size", "0", ">= 1, got 0"), ("--image-size", "0", ">= 1, got 0"), ("--warmup-steps", "-1", ">= 0"),
+     ("--checkpoint-every-steps", "-2", ">= 0"), ("--ema-decay", "1.0", "[0, 1), got 1.0"), ("--lr", "0", "> 0"),
+     ("--log-every", "ten", "integer >= 1, got 'ten'")],
+)
+def test_a_bad_train_flag_is_refused_naming_the_flag(capsys, flag: str, value: str, expected: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["train", flag, value, "--device", "cpu"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and expected in err, err
+
+
+@pytest.mark.parametrize("field, value", [("log_every", 0), ("num_workers", -1), ("checkpoint_every_steps", -1),
+                                          ("image_size", 0), ("warmup_steps", -3)])
+def test_the_config_refuses_the_same_values_for_library_users(field: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"{field} must be >= "):
+        TrainConfig(**{field: value})
