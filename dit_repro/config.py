@@ -189,6 +189,9 @@ class TrainConfig:
     """Steps between checkpoints (0: only at the end, when out_dir is set)."""
     resume: str | None = None
     """Checkpoint file to resume from."""
+    overwrite: bool = False
+    """Replace a non-empty ``out_dir`` (without it, a run folder that holds anything is refused unless
+    the run resumes)."""
     strict_fp32_encode: bool = False
     """features=live: encode with TF32 forbidden. By default the encode runs under the precision
     switch's TF32 flags (allowed under tf32, fp16 and bf16), as DiT's train.py does; strict fp32 is

@@ -13,7 +13,9 @@ whatever the number of processes, and resuming from a checkpoint continues the s
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +108,31 @@ def warmup_schedule(warmup_steps: int):
     return factor
 
 
+MAY_CHANGE_ON_RESUME = ("steps", "log_every", "checkpoint_every_steps", "out_dir", "resume", "overwrite",
+                        "num_workers", "device")
+"""Settings a resumed run may give differently from its checkpoint: how long, how often it logs and saves,
+where it writes, and where it runs. Any other difference would change the run and is refused."""
+
+
+def check_run_folder(cfg: TrainConfig) -> None:
+    """Refuse a non-empty ``cfg.out_dir`` unless the run resumes or may overwrite it; refuse an out_dir that is a file."""
+    if not cfg.out_dir:
+        return
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; name a new or empty folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not cfg.resume and not cfg.overwrite:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise ConfigError(f"run folder {out} is not empty ({shown}); pass --resume {out / 'checkpoints' / 'last.pt'} "
+                          "to continue that run, --overwrite to replace it, or another --out")
+
+
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    switches = config.get("switches", {})
+    return {**{k: v for k, v in config.items() if k != "switches"}, **{f"switches.{k}": v for k, v in switches.items()}}
+
+
 class Trainer:
     """One training run: data source, model with switches, optimizer, EMA, and the step."""
 
@@ -115,6 +142,7 @@ class Trainer:
         self.setup_times: dict[str, float] = {}
         """Seconds spent building the data source (``data_s``) and the model with its switches,
         optimizer and EMA (``build_s``): the fixed cost of a run before its first step."""
+        check_run_folder(cfg)
         self.device = resolve_device(cfg.device)
         self.process = self._join_processes()
         if cfg.global_batch_size % self.process.world_size:
@@ -169,6 +197,8 @@ class Trainer:
         self._window_started = time.perf_counter()
         self._batches = None
         self._epoch = 0
+        self.resume_changes: list[dict[str, Any]] = []
+        """Settings that differ from the resumed checkpoint's (only those that may), with the step."""
         if cfg.resume:
             self.load(cfg.resume)
 
@@ -329,6 +359,11 @@ class Trainer:
         """Train until ``cfg.steps``, with a progress bar, metrics.jsonl and checkpoints in ``out_dir``."""
         out = Path(self.cfg.out_dir) if self.cfg.out_dir else None
         main_process = self.process.rank == 0
+        if out and main_process and self.cfg.overwrite and not self.cfg.resume and out.is_dir() and any(out.iterdir()):
+            # Move the old run aside in one rename, then delete it: never a folder half old, half new.
+            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(aside)
+            shutil.rmtree(aside)
         if out and main_process:
             self.write_run_record(out)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not main_process, unit="step", desc=self.cfg.model)
@@ -376,6 +411,8 @@ class Trainer:
             "world_size": self.process.world_size,
             "local_batch_size": self.local_batch_size,
             "checkpointed_blocks": sorted(self.model.checkpointed),
+            "resumed_from": self.cfg.resume,
+            "changes_at_resume": self.resume_changes,
         }
 
     def write_run_record(self, out: Path) -> None:
@@ -412,6 +449,16 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {path} is for {saved_model} {state.get('model_args')}, this run is {self.cfg.model} {self.model_args}"
             )
+        saved = _flat_config(TrainConfig.from_dict(state["config"]).to_dict())
+        now = _flat_config(self.cfg.to_dict())
+        differing = {key: (saved.get(key), value) for key, value in now.items() if saved.get(key) != value}
+        refused = {key: pair for key, pair in differing.items() if key not in MAY_CHANGE_ON_RESUME}
+        if refused:
+            listed = "; ".join(f"{key}: checkpoint {old!r}, this run {new!r}" for key, (old, new) in refused.items())
+            raise CheckpointError(f"resuming {path} with other settings would change the run: {listed}. Give the "
+                                  "checkpoint's values (or leave the flags out), or start a new run")
+        self.resume_changes = [{"step": int(state["step"]), "field": key, "from": old, "to": new}
+                               for key, (old, new) in differing.items() if key not in ("resume", "overwrite")]
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

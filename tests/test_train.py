@@ -10,6 +10,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode
 
+from dit_repro.checkpoint import CheckpointError
 from dit_repro.cli import main
 from dit_repro.config import ConfigError, Switches, TrainConfig
 from dit_repro.models import build_model
@@ -307,3 +308,40 @@ def test_train_cli_refuses_missing_data_directory(tmp_path, capsys) -> None:
     code = main(["train", "--data", str(tmp_path / "nowhere"), "--steps", "1"])
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_non_empty_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path) -> None:
+    cfg = tiny_config()
+    cfg.steps, cfg.out_dir = 2, str(tmp_path / "run")
+    Trainer(cfg).fit()
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = tiny_config()
+    again.steps, again.out_dir = 2, str(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"run folder .* is not empty .*--resume .*last.pt.*--overwrite"):
+        Trainer(again)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # nothing touched
+    again.overwrite = True
+    Trainer(again).fit()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2]  # a fresh run, not appended to the old one
+    assert not list(tmp_path.glob(".run.replaced-*"))
+
+
+def test_resuming_with_other_settings_is_refused_naming_both_values(tmp_path) -> None:
+    cfg = tiny_config()
+    cfg.steps, cfg.out_dir = 2, str(tmp_path / "run")
+    Trainer(cfg).fit()
+    resumed = tiny_config(precision="bf16")
+    resumed.lr, resumed.resume = 1e-3, str(tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint None, this run 0.001; switches.precision: "
+                                              r"checkpoint 'fp32', this run 'bf16'"):
+        Trainer(resumed)
+    longer = tiny_config()
+    longer.steps, longer.log_every = 4, 1
+    longer.resume, longer.out_dir = str(tmp_path / "run" / "checkpoints" / "last.pt"), str(tmp_path / "run")
+    trainer = Trainer(longer)
+    assert {(c["field"], c["from"], c["to"]) for c in trainer.resume_changes} == {("steps", 2, 4), ("log_every", 10, 1)}
+    assert all(c["step"] == 2 for c in trainer.resume_changes)
+    trainer.fit()
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["changes_at_resume"] == trainer.resume_changes and env["resumed_from"] == longer.resume

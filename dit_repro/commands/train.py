@@ -91,7 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", dest="out_dir", default=None, help="run directory")
     parser.add_argument("--log-every", type=at_least(1), default=10, help="steps between metrics.jsonl lines")
     parser.add_argument("--checkpoint-every-steps", type=at_least(0), default=0, help="steps between checkpoints (0: only last)")
-    parser.add_argument("--resume", default=None, help="checkpoint to resume from")
+    parser.add_argument("--resume", default=None,
+                        help="checkpoint to resume from (only steps, logging, checkpointing, --out, workers and "
+                             "device may differ from its settings)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--strict-fp32-encode", action="store_true",
                         help="--features live: encode with TF32 forbidden (default: the encode follows --precision's "
                              "TF32 flags, as DiT's train.py; the latent cache is always extracted in strict fp32)")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir, vae=args.vae, global_batch_size=args.global_batch_size, steps=args.steps,
             lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, seed=args.seed,
             device=args.device, num_workers=args.num_workers, out_dir=args.out_dir, log_every=args.log_every,
-            checkpoint_every_steps=args.checkpoint_every_steps, resume=args.resume,
+            checkpoint_every_steps=args.checkpoint_every_steps, resume=args.resume, overwrite=args.overwrite,
             strict_fp32_encode=args.strict_fp32_encode, switches=switches_from_args(args),
         )
         trainer = Trainer(cfg)
