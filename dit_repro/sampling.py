@@ -380,6 +380,11 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
     """Generate this process's missing share of samples 0..N-1 into ``out_dir`` (see module docstring)."""
     if request.image_format not in FORMATS:
         raise ConfigError(f"unknown format {request.image_format!r}; choose one of {', '.join(FORMATS)}")
+    # Checked before anything is written: a refused request must leave no samples.json behind that
+    # would then refuse the corrected one as "other settings".
+    for name, flag in (("num", "--num"), ("steps", "--steps"), ("batch_size", "--batch-size")):
+        if getattr(request, name) < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {getattr(request, name)}")
     share = rank_indices(request.num, request.rank, request.world_size)
     device = resolve_device(request.device, local_rank=launched_process().local_rank)
     loaded = load_sampling_model(

@@ -122,6 +122,9 @@ def check_run_folder(cfg: TrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder; name a new or empty folder")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {parent}; name a folder you can write to")
     if held and not cfg.resume and not cfg.overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise ConfigError(f"run folder {out} is not empty ({shown}); pass --resume {out / 'checkpoints' / 'last.pt'} "

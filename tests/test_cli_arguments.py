@@ -28,3 +28,33 @@ def test_a_bad_train_flag_is_refused_naming_the_flag(capsys, flag: str, value: s
 def test_the_config_refuses_the_same_values_for_library_users(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"{field} must be >= "):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--num", "0"), ("--batch-size", "0"), ("--seed", "-1")])
+def test_a_bad_sample_flag_is_refused_before_anything_is_written(capsys, tmp_path, flag: str, value: str) -> None:
+    out = tmp_path / "samples"
+    args = ["sample", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out), "--num", "4", flag, value]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_sampling_request_is_checked_before_its_record_is_written(tmp_path) -> None:
+    from dit_repro.sampling import SamplingRequest, run_sampling
+
+    request = SamplingRequest(checkpoint=str(tmp_path / "none.pt"), out_dir=str(tmp_path / "samples"), num=4, steps=0)
+    with pytest.raises(ConfigError, match="--steps must be >= 1, got 0"):
+        run_sampling(request)
+    assert not (tmp_path / "samples").exists()
+
+
+def test_an_output_path_under_a_file_is_refused_naming_the_flag(capsys, tmp_path) -> None:
+    # Unwritable for every user, root included: nothing can be created under a regular file.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["verify", "--out", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "cannot write there" in err
+    assert main(["bench", "--device", "cpu", "--out", str(blocker / "results.json")]) == 2
+    assert "--out" in capsys.readouterr().err

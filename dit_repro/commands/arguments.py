@@ -1,4 +1,5 @@
-"""Argument types that validate a flag's value when it is parsed, so that argparse names the flag.
+"""Argument types that validate a flag's value when it is parsed, so that argparse names the flag, and
+the check that an output folder is writable before any work.
 
 ``type=at_least(1)`` turns ``--log-every 0`` into ``argument --log-every: must be an integer >= 1,
 got 0`` before any work starts, instead of an error (or a traceback) deep inside the run.
@@ -7,7 +8,12 @@ got 0`` before any work starts, instead of an error (or a traceback) deep inside
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
+
+from dit_repro.config import ConfigError
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -46,3 +52,19 @@ def positive_number(text: str) -> float:
     if not value > 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
+
+
+def writable_folder(folder: str | os.PathLike[str], flag: str) -> Path:
+    """Create ``folder`` (and its parents) and prove that a file can be written in it, before any work.
+
+    Raises ConfigError naming ``flag`` and the reason, so that an unwritable output fails in the
+    first second rather than after the measurements it was meant to hold.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); name a folder you can write to") from None
+    return path

@@ -28,6 +28,7 @@ from dit_repro.bench.report import plot_results, results_markdown
 from dit_repro.bench.runner import SCHEDULES
 from dit_repro.bench.schema import ResultsError
 from dit_repro.bench.stats import WarmupPolicy
+from dit_repro.commands.arguments import writable_folder
 from dit_repro.config import ConfigError
 
 EPILOG = """\
@@ -184,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--record and --against do not go together: a baseline is one code's results on this "
                              "hardware; run `dit-repro bench --record` on the commit to store")
         request = bench_request(args, args.against)
+        writable_folder(args.out.parent, "--out")
+        if args.record is not None:
+            writable_folder(args.record, "--record")
         run = run_and_report(request, args.out)
         if args.record is not None:
             print(f"baseline written: {record_baseline(run.results, args.record)} (review it, then commit it)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dit_repro.checkpoint import CheckpointError
+from dit_repro.commands.arguments import at_least
 from dit_repro.config import ATTENTION_CHOICES, ConfigError, Precision
 from dit_repro.diffusion import CFG_CHANNELS, DEFAULT_SAMPLING_STEPS, SAMPLERS
 from dit_repro.models.attention import AttentionBackendUnavailable
@@ -43,19 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num",
         "--num-samples",
         dest="num",
-        type=int,
+        type=at_least(1),
         required=True,
         help="number of images N (indices 0..N-1); under torchrun write --num-samples, since torchrun's "
         "parser takes --num for an abbreviation of its own --numa-binding",
     )
     parser.add_argument("--out", required=True, help="output folder (new, or one made by the same settings)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed: image i uses seed + i; default 0")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="base seed: image i uses seed + i; default 0")
     parser.add_argument(
         "--sampler", default="ddpm", choices=SAMPLERS, help="ddpm (ancestral) or ddim; default ddpm"
     )
     parser.add_argument(
         "--steps",
-        type=int,
+        type=at_least(1),
         default=DEFAULT_SAMPLING_STEPS,
         help=f"sampling steps, respaced from the 1000 training steps; default {DEFAULT_SAMPLING_STEPS} (DiT's FID protocol)",
     )
@@ -96,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=[p.value for p in Precision],
         help="fp32, tf32, fp16 or bf16 (autocast) for the model; the VAE decodes in fp32; default fp32",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward; default 32")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward; default 32")
     parser.add_argument(
         "--format", default="png", choices=FORMATS, help="png, or npz (PNGs plus the ADM .npz)"
     )
