@@ -58,3 +58,26 @@ def test_an_output_path_under_a_file_is_refused_naming_the_flag(capsys, tmp_path
     assert "--out" in err and "cannot write there" in err
     assert main(["bench", "--device", "cpu", "--out", str(blocker / "results.json")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [(["--checkpoint-every", "3"], "--checkpoint-every 3 applies only to --checkpointing every-k"),
+     (["--checkpointing", "full", "--checkpoint-every", "3"], "not full"),
+     (["--compile-scope", "blocks"], "--compile-scope blocks applies only with --compile"),
+     (["--vae", "tiny-random"], "--vae given with --features pixels"),
+     (["--cache", "somewhere"], "--cache given with --features pixels"),
+     (["--features", "live", "--vae", "tiny-random", "--cache", "x"], "--cache given with --features live"),
+     (["--strict-fp32-encode"], "--strict-fp32-encode applies only to --features live")],
+)
+def test_a_flag_the_chosen_mode_ignores_is_an_error(capsys, extra: list[str], expected: str) -> None:
+    assert main(["train", "--device", "cpu", "--steps", "0", *extra]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_every_k_takes_its_interval(tmp_path) -> None:
+    assert main(["train", "--device", "cpu", "--steps", "1", "--batch-size", "8", "--image-size", "8",
+                 "--checkpointing", "every-k", "--checkpoint-every", "3", "--out", str(tmp_path / "run")]) == 0
+    import json
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["checkpointed_blocks"] == [0, 3, 6, 9]

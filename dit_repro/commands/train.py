@@ -37,10 +37,11 @@ def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fp32 (TF32 off), tf32, fp16 (autocast + grad scaler) or bf16 (autocast); default fp32")
     group.add_argument("--checkpointing", default="none", choices=_values(Checkpointing),
                        help="activation checkpointing: none, full (every block) or every-k; default none")
-    group.add_argument("--checkpoint-every", type=at_least(1), default=2, help="k for --checkpointing every-k; default 2")
+    group.add_argument("--checkpoint-every", type=at_least(1), default=None,
+                       help="k for --checkpointing every-k (blocks 0, k, 2k, ...); default 2; only with every-k")
     group.add_argument("--compile", default="off", choices=_values(CompileMode), help="torch.compile mode; default off")
-    group.add_argument("--compile-scope", default="model", choices=_values(CompileScope),
-                       help="compile the whole model or each block; default model")
+    group.add_argument("--compile-scope", default=None, choices=_values(CompileScope),
+                       help="compile the whole model or each block; default model; only with --compile")
     group.add_argument("--features", default="pixels", choices=_values(Features),
                        help="pixels (no VAE), live (VAE every step) or cached (latent cache); default pixels")
     group.add_argument("--distributed", default="none", choices=_values(Distributed),
@@ -50,18 +51,37 @@ def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def switches_from_args(args: argparse.Namespace) -> Switches:
-    """Switches from the parsed flags of :func:`add_switch_arguments`."""
+    """Switches from the parsed flags of :func:`add_switch_arguments`; a flag the chosen mode ignores is an error."""
+    if args.checkpoint_every is not None and args.checkpointing != Checkpointing.EVERY_K.value:
+        raise ConfigError(f"--checkpoint-every {args.checkpoint_every} applies only to --checkpointing every-k, not "
+                          f"{args.checkpointing} (the interval between saved checkpoints is --checkpoint-every-steps)")
+    if args.compile_scope is not None and args.compile == CompileMode.OFF.value:
+        raise ConfigError(f"--compile-scope {args.compile_scope} applies only with --compile (default, "
+                          "reduce-overhead or max-autotune)")
+    defaults = Switches()
     return Switches(
         attention=args.attention,
         precision=args.precision,
         checkpointing=args.checkpointing,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=defaults.checkpoint_every if args.checkpoint_every is None else args.checkpoint_every,
         compile=args.compile,
-        compile_scope=args.compile_scope,
+        compile_scope=defaults.compile_scope if args.compile_scope is None else args.compile_scope,
         features=args.features,
         distributed=args.distributed,
         protocol=args.protocol,
     )
+
+
+def check_ignored_data_flags(args: argparse.Namespace) -> None:
+    """Refuse --cache, --vae and --strict-fp32-encode where --features ignores them."""
+    if args.features == Features.PIXELS.value and (args.cache_dir or args.vae):
+        given = " and ".join(flag for flag, value in (("--cache", args.cache_dir), ("--vae", args.vae)) if value)
+        raise ConfigError(f"{given} given with --features pixels, which trains on the images themselves; add "
+                          "--features cached (with --cache) or --features live (with --vae)")
+    if args.features == Features.LIVE.value and args.cache_dir:
+        raise ConfigError("--cache given with --features live, which encodes every step; use --features cached")
+    if args.strict_fp32_encode and args.features != Features.LIVE.value:
+        raise ConfigError(f"--strict-fp32-encode applies only to --features live (nothing is encoded with {args.features})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import NonFiniteLossError, Trainer  # heavy imports only when training
 
     try:
+        check_ignored_data_flags(args)
         cfg = TrainConfig(
             model=args.model, data=args.data, image_size=args.image_size, num_classes=args.num_classes,
             cache_dir=args.cache_dir, vae=args.vae, global_batch_size=args.global_batch_size, steps=args.steps,
