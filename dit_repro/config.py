@@ -102,7 +102,7 @@ PROTOCOLS: dict[Protocol, ProtocolRecipe] = {
 class Switches:
     """The optimizations the paper studies, one field each.
 
-    They are applied in one fixed order: precision, checkpointing, compile, DDP.
+    They are applied in one fixed order by :mod:`dit_repro.switches`: precision, attention, checkpointing, compile, DDP.
     """
 
     attention: str = "auto"

@@ -30,7 +30,8 @@ def _values(kind) -> list[str]:
 
 def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
     """The optimization switches as flags (shared with commands that build a training step)."""
-    group = parser.add_argument_group("optimization switches (applied in order: precision, checkpointing, compile, DDP)")
+    group = parser.add_argument_group(
+        "optimization switches (applied in order: precision, attention, checkpointing, compile, DDP)")
     group.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                        help="attention backend; auto = check-then-select (default)")
     group.add_argument("--precision", default="fp32", choices=_values(Precision),
