@@ -32,26 +32,25 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def fraction_below_one(text: str) -> float:
-    """An argparse type: a number in [0, 1) (an EMA decay)."""
+def _number(text: str, requirement: str, holds: Callable[[float], bool]) -> float:
+    """Parse ``text`` as a float that ``holds``; the error says ``must be {requirement}``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value}")
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
+    if not holds(value):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
     return value
+
+
+def fraction_below_one(text: str) -> float:
+    """An argparse type: a number in [0, 1) (an EMA decay)."""
+    return _number(text, "a number in [0, 1)", lambda value: 0.0 <= value < 1.0)
 
 
 def positive_number(text: str) -> float:
     """An argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+    return _number(text, "a finite number > 0", lambda value: 0.0 < value < float("inf"))
 
 
 def writable_folder(folder: str | os.PathLike[str], flag: str) -> Path:

@@ -15,6 +15,7 @@ from dit_repro.paper import CellRef, PaperData, split_row_ref
 
 from .claims import Claim, ClaimSet, Tolerance
 from .figures import change_interval, coefficient_of_variation, table1_stats
+from .rules import table4_pairs
 from .verdicts import PaperCheck
 
 
@@ -288,17 +289,5 @@ def _caption_baseline_flags(claim: Claim, paper: PaperData, settings: list[str])
 
 
 def _pairs_matching(paper: PaperData, metric: str, low: float, high: float) -> list[str]:
-    found = []
-    rows = paper.row_ids("table4")
-    for setting in paper.settings("table4"):
-        for a in rows:
-            for b in rows:
-                if a == b:
-                    continue
-                fa, fb = paper.number(CellRef("table4", a, metric, setting)), paper.number(CellRef("table4", b, metric, setting))
-                if fa is None or fb is None:
-                    continue
-                interval = change_interval(fa, fb)
-                if interval.overlaps(low, high):
-                    found.append(f"{paper.label('table4', a)} -> {paper.label('table4', b)} on {setting} ({interval.value:+.1%})")
-    return found
+    return [f"{paper.label('table4', a)} -> {paper.label('table4', b)} on {setting} ({value:+.1%})"
+            for a, b, setting, value in table4_pairs(paper, metric, low, high)]
