@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: {exc}") from exc
+        raise CheckpointError(weights_only_refusal(path, exc)) from None
     missing = [key for key in ("model", "ema", "step", "config") if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; expected keys {list(CHECKPOINT_KEYS)}")
     return state
+
+
+def weights_only_refusal(path: Path, exc: Exception) -> str:
+    """Why ``path`` cannot be read weights-only, in this project's words (torch's advice to drop
+    ``weights_only`` is left out: following it would run code from the file)."""
+    text = str(exc)
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported:
+        return (
+            f"checkpoint {path} holds a pickled {unsupported.group(1)}, which is not a tensor or a plain "
+            "container; it is refused because loading it would run code from the file. Re-save the weights "
+            "alone, e.g. torch.save(model.state_dict(), PATH)"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]*)", text)
+    # An unknown pickle opcode means the bytes are not a pickle at all: junk or a truncated file.
+    if detail and detail.group(1).strip() and "Unsupported operand" not in detail.group(1):
+        reason = detail.group(1).split(" Please use")[0].strip()
+        return (
+            f"checkpoint {path} holds pickled data other than tensors and plain containers "
+            f"({reason}); it is refused because loading it would run code from the file"
+        )
+    if detail:
+        text = re.search(r"WeightsUnpickler error:\s*(.*?)\n\n", text + "\n\n", re.S).group(1)
+    return (
+        f"checkpoint {path} is not a file written by torch.save, or it is truncated or corrupt "
+        f"({type(exc).__name__}: {text.splitlines()[0] if text else 'no detail'})"
+    )

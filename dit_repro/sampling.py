@@ -36,7 +36,6 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from dit_repro.atomic import atomic_write, write_bytes_atomic, write_json_atomic
-from dit_repro.checkpoint import CheckpointError, load_checkpoint
 from dit_repro.config import ConfigError, Features, Precision, TrainConfig
 from dit_repro.data.manifest import read_manifest
 from dit_repro.data.vae import VAEHandle, load_vae
@@ -44,6 +43,7 @@ from dit_repro.diffusion import GaussianDiffusion, create_diffusion, sample
 from dit_repro.distributed import launched_process
 from dit_repro.fid.layout import MAX_SAMPLES, SAMPLES_RECORD, image_name, npz_name
 from dit_repro.hashing import sha256_file
+from dit_repro.model_weights import read_model_weights
 from dit_repro.models import build_model
 from dit_repro.precision import autocast_dtype, matmul_precision, strict_fp32
 from dit_repro.switches import apply_attention, autocast_context, resolve_device
@@ -240,25 +240,21 @@ def load_sampling_model(
     precision: Precision = Precision.FP32,
     device: torch.device | str = "cpu",
     vae: str | None = None,
+    model_name: str | None = None,
 ) -> SamplingModel:
-    """Rebuild the checkpoint's model (``TrainConfig.from_dict`` + ``build_model``) with the chosen weights.
+    """Rebuild the checkpoint's model with the chosen weights (any layout of :mod:`dit_repro.model_weights`).
 
     Latent models decode with the VAE of the checkpoint's configuration, of its latent cache's
-    manifest, or ``vae`` when given. No activation checkpointing is applied: it only costs time
-    when nothing is trained.
+    manifest, or ``vae`` when given. ``model_name`` names the preset of a bare state dict (DiT's
+    release). No activation checkpointing is applied: it only costs time when nothing is trained.
     """
     if weights not in WEIGHTS:
         raise ConfigError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     device = torch.device(device)
-    state = load_checkpoint(path, map_location="cpu")
-    config = TrainConfig.from_dict(state["config"])
-    model_args = state.get("model_args")
-    if model_args is None:
-        raise CheckpointError(
-            f"checkpoint {path} has no model_args (input size, channels, classes); it was not written by this version"
-        )
-    model = build_model(config.model, **model_args)
-    model.load_state_dict(state[weights if weights == "ema" else "model"])
+    read = read_model_weights(path, weights=weights, model=model_name, vae=vae)
+    config = read.config
+    model = build_model(config.model, **read.model_args)
+    model.load_state_dict(read.state_dict)
     model.eval().requires_grad_(False).to(device)
     selection = apply_attention(model, attention, device, autocast_dtype(precision))
     sample_shape = (model.in_channels, model.input_size, model.input_size)
@@ -270,7 +266,12 @@ def load_sampling_model(
         sample_shape=sample_shape,
         decode=decode,
         decoder=decoder,
-        checkpoint={"path": str(path), "sha256": sha256_file(Path(path)), "step": int(state["step"])},
+        checkpoint={
+            "path": str(path),
+            "sha256": sha256_file(Path(path)),
+            "step": read.step,
+            "layout": read.layout,
+        },
         weights=weights,
         attention=selection.to_dict(),
     )
@@ -354,6 +355,8 @@ class SamplingRequest:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     vae: str | None = None
     """VAE override for decoding latent models."""
+    model: str | None = None
+    """Model preset of a bare state dict (DiT's release); other layouts name their own."""
     rank: int = 0
     """This process's rank."""
     world_size: int = 1
@@ -394,6 +397,7 @@ def run_sampling(request: SamplingRequest) -> SamplingReport:
         precision=request.precision,
         device=device,
         vae=request.vae,
+        model_name=request.model,
     )
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from dit_repro.checkpoint import CheckpointError
 from dit_repro.commands.arguments import at_least
 from dit_repro.config import ATTENTION_CHOICES, ConfigError, Precision
 from dit_repro.diffusion import CFG_CHANNELS, DEFAULT_SAMPLING_STEPS, SAMPLERS
+from dit_repro.models import PRESETS
 from dit_repro.models.attention import AttentionBackendUnavailable
 from dit_repro.sampling import (
     FORMATS,
@@ -39,7 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the checkpoint's config; pixel models map [-1, 1] to 0..255."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file written by `dit-repro train`")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint file: written by `dit-repro train`, by DiT's or fast-DiT's train.py ({model, ema, opt, "
+        "args}), or DiT's released bare state dict (DiT-XL-2-256x256.pt; name its preset with --model)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(PRESETS),
+        metavar="PRESET",
+        help="model preset of a bare state dict, e.g. DiT-XL/2 for DiT's release (its input size, channels "
+        "and classes are read from the tensors); other checkpoints name their own",
+    )
     parser.add_argument(
         "--num",
         "--num-samples",
@@ -148,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 image_format=args.format,
                 device=args.device,
                 vae=args.vae,
+                model=args.model,
                 rank=rank,
                 world_size=world_size,
                 progress=not args.no_progress,

@@ -1,0 +1,206 @@
+"""Model weights from the checkpoint files users have: this project's, DiT's and fast-DiT's, and DiT's release.
+
+Three layouts are recognised from the keys of the file:
+
+``dit-repro``
+    Written by ``dit-repro train``: ``model``, ``ema``, ``step``, ``config``, ``model_args`` (and the
+    optimizer state). The configuration says everything.
+``dit-training``
+    Written by DiT's and fast-DiT's ``train.py``: ``{"model", "ema", "opt", "args"}``, where ``args``
+    is the ``argparse.Namespace`` of the run (``model``, ``image_size``, ``num_classes``, ``vae``).
+``bare-state-dict``
+    DiT's released ``DiT-XL-2-256x256.pt`` / ``DiT-XL-2-512x512.pt``: a plain ``{name: tensor}``
+    of EMA weights. The preset must be named (``--model``); the input size, channels, classes and
+    learned variance are read from the tensors' shapes (``pos_embed`` gives the token grid).
+
+Every file is read with ``torch.load(weights_only=True)``: tensors and plain containers only.
+The one object admitted beyond them is ``argparse.Namespace``, which DiT's checkpoints carry and
+which holds plain values; anything else is refused, naming the object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dit_repro.checkpoint import CheckpointError, load_checkpoint, weights_only_refusal
+from dit_repro.config import ConfigError, Features, Switches, TrainConfig
+from dit_repro.data.vae import LATENT_CHANNELS, PRETRAINED_REPOS, VAE_DOWNSAMPLE
+from dit_repro.models import PRESETS, parse_preset
+
+LAYOUTS = ("dit-repro", "dit-training", "bare-state-dict")
+"""Checkpoint layouts :func:`read_model_weights` recognises (see the module docstring)."""
+DIT_VAE_SPECS = {"ema": PRETRAINED_REPOS[0], "mse": PRETRAINED_REPOS[1]}
+"""DiT's ``--vae`` choices and the VAE each names (the local Hugging Face cache entry)."""
+DEFAULT_VAE = PRETRAINED_REPOS[0]
+"""VAE of files that do not name one: sd-vae-ft-ema, the VAE of DiT's FID-50K figures."""
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """One set of model weights read from a checkpoint file, with what is needed to rebuild the model."""
+
+    state_dict: dict[str, torch.Tensor]
+    """The chosen weights, with this project's (= DiT's) parameter names."""
+    config: TrainConfig
+    """The training configuration: the file's own, or one reconstructed from its tensors and args."""
+    model_args: dict[str, Any]
+    """``build_model`` arguments: input_size, in_channels, num_classes, learn_sigma."""
+    layout: str
+    """Which of :data:`LAYOUTS` the file has."""
+    weights: str
+    """``ema`` or ``raw``: which of the file's weights were taken (a bare state dict holds one set,
+    EMA in DiT's release)."""
+    step: int | None
+    """Training step of the weights, where the file records it."""
+
+
+def read_model_weights(
+    path: str | os.PathLike[str], *, weights: str = "ema", model: str | None = None, vae: str | None = None
+) -> ModelWeights:
+    """Read ``path`` in any of :data:`LAYOUTS` and take its ``weights`` (EMA by default, where present).
+
+    ``model`` names the preset of a bare state dict (required there; checked against the file's args
+    otherwise). ``vae`` is the VAE the reconstructed configuration of a foreign latent model decodes
+    with; by default DiT's args' choice, else :data:`DEFAULT_VAE`.
+    """
+    path = Path(path)
+    state = _load(path)
+    layout = checkpoint_layout(state, path)
+    if layout == "dit-repro":
+        state = load_checkpoint(path)  # the full key check of this project's own files
+        config = TrainConfig.from_dict(state["config"])
+        if model is not None and model != config.model:
+            raise ConfigError(f"--model {model} contradicts checkpoint {path}, which holds a {config.model}; drop --model")
+        if "model_args" not in state:
+            raise CheckpointError(
+                f"checkpoint {path} has no model_args (input size, channels, classes); it was not written by this version"
+            )
+        return ModelWeights(
+            state_dict=state["ema" if weights == "ema" else "model"],
+            config=config,
+            model_args=dict(state["model_args"]),
+            layout=layout,
+            weights=weights,
+            step=int(state["step"]),
+        )
+    if layout == "dit-training":
+        args = vars(state["args"]) if isinstance(state["args"], argparse.Namespace) else dict(state["args"])
+        named = args.get("model")
+        if model is not None and named is not None and model != named:
+            raise ConfigError(f"--model {model} contradicts checkpoint {path}, trained as {named} (its args.model)")
+        model = model or named
+        vae = vae or DIT_VAE_SPECS.get(str(args.get("vae")), DEFAULT_VAE)
+        chosen = state["ema" if weights == "ema" else "model"]
+        return _foreign(chosen, path, layout, weights, model, vae, step=_step_from_name(path))
+    if weights != "ema":
+        raise ConfigError(
+            f"checkpoint {path} is a bare state dict: it holds one set of weights (EMA in DiT's release), "
+            "so --weights raw cannot be honoured; drop --weights"
+        )
+    return _foreign(state, path, layout, weights, model, vae or DEFAULT_VAE, step=None)
+
+
+def checkpoint_layout(state: Any, path: Path) -> str:
+    """Which of :data:`LAYOUTS` ``state`` (a loaded file) has, or an error saying what was found."""
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of weights")
+    if {"model", "ema", "config", "step"} <= state.keys():
+        return "dit-repro"
+    if {"model", "ema", "args"} <= state.keys():
+        return "dit-training"
+    if all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+        return "bare-state-dict"
+    raise CheckpointError(
+        f"checkpoint {path} has keys {sorted(map(str, state))[:8]}, which match no known layout: "
+        "this project's (model, ema, step, config), DiT/fast-DiT training (model, ema, opt, args), "
+        "or a bare state dict of tensors (DiT's release)"
+    )
+
+
+def _load(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # DiT's training checkpoints pickle their argparse.Namespace; it holds plain values only.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(weights_only_refusal(path, exc)) from None
+
+
+def _foreign(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    layout: str,
+    weights: str,
+    model: str | None,
+    vae: str,
+    step: int | None,
+) -> ModelWeights:
+    if model is None:
+        raise ConfigError(
+            f"checkpoint {path} ({layout}) does not name its model: pass --model, e.g. --model DiT-XL/2 "
+            f"for DiT's release (presets: {', '.join(PRESETS)})"
+        )
+    preset = parse_preset(model)
+    model_args = model_args_from_tensors(tensors, preset.patch_size, path)
+    latent = model_args["in_channels"] == LATENT_CHANNELS
+    input_size = model_args["input_size"]
+    config = TrainConfig(
+        model=model,
+        data="released-checkpoint",
+        image_size=input_size * VAE_DOWNSAMPLE if latent else input_size,
+        num_classes=model_args["num_classes"],
+        vae=vae if latent else None,
+        switches=Switches(features=Features.LIVE if latent else Features.PIXELS),
+    )
+    return ModelWeights(
+        state_dict=tensors, config=config, model_args=model_args, layout=layout, weights=weights, step=step
+    )
+
+
+def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, path: Path) -> dict[str, Any]:
+    """``build_model`` arguments read off DiT-named tensors.
+
+    ``pos_embed`` (1, T, D) gives the token grid sqrt(T), times the patch for the input size;
+    ``x_embedder.proj.weight`` (D, C, p, p) the channels; the label table has one row per class
+    plus DiT's null class for guidance; the final layer's width is p*p*C, doubled when the model
+    learns its variance.
+    """
+    needed = ("pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight", "final_layer.linear.weight")
+    missing = [name for name in needed if name not in tensors]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the DiT tensors {missing}; is it a DiT state dict?")
+    tokens = tensors["pos_embed"].shape[1]
+    grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        raise CheckpointError(f"checkpoint {path}: pos_embed has {tokens} tokens, not a square grid")
+    proj = tensors["x_embedder.proj.weight"]
+    if proj.shape[-1] != patch_size:
+        raise ConfigError(
+            f"checkpoint {path} has {proj.shape[-1]}x{proj.shape[-1]} patches, but the chosen preset uses "
+            f"{patch_size}x{patch_size}; pass the preset with /{proj.shape[-1]}"
+        )
+    in_channels = int(proj.shape[1])
+    out = int(tensors["final_layer.linear.weight"].shape[0])
+    per_patch = patch_size * patch_size * in_channels
+    if out not in (per_patch, 2 * per_patch):
+        raise CheckpointError(f"checkpoint {path}: final layer width {out} fits neither {per_patch} nor {2 * per_patch}")
+    return {
+        "input_size": grid * patch_size,
+        "in_channels": in_channels,
+        "num_classes": int(tensors["y_embedder.embedding_table.weight"].shape[0]) - 1,
+        "learn_sigma": out == 2 * per_patch,
+    }
+
+
+def _step_from_name(path: Path) -> int | None:
+    # DiT names its checkpoints by step: 0050000.pt.
+    return int(path.stem) if path.stem.isdigit() else None
