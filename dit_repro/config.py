@@ -111,8 +111,9 @@ class Switches:
     """fp32, tf32 (matmul precision flags), fp16 (autocast + grad scaler) or bf16 (autocast)."""
     checkpointing: Checkpointing = Checkpointing.NONE
     """Non-reentrant activation checkpointing: none, every block (full), or every k-th block."""
-    checkpoint_every: int = 2
-    """k for ``checkpointing=every-k``: blocks 0, k, 2k, ... are checkpointed."""
+    checkpointing_k: int = 2
+    """k for ``checkpointing=every-k``: blocks 0, k, 2k, ... are activation-checkpointed (the paper's
+    GCP). Saving the run is ``TrainConfig.save_every``: no field named "checkpoint" means both."""
     compile: CompileMode = CompileMode.OFF
     """torch.compile mode, or off."""
     compile_scope: CompileScope = CompileScope.MODEL
@@ -139,8 +140,8 @@ class Switches:
             raise ConfigError(
                 f"unknown attention backend {self.attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}"
             )
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpointing_k < 1:
+            raise ConfigError(f"--checkpointing-k must be >= 1, got {self.checkpointing_k}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready view (enum members become their string values)."""
@@ -185,8 +186,8 @@ class TrainConfig:
     """Run directory for config.json, env.json, metrics.jsonl and checkpoints; None writes nothing."""
     log_every: int = 10
     """Steps between metrics.jsonl records."""
-    checkpoint_every_steps: int = 0
-    """Steps between checkpoints (0: only at the end, when out_dir is set)."""
+    save_every: int = 0
+    """Steps between saved checkpoints (0: only at the end, when out_dir is set)."""
     resume: str | None = None
     """Checkpoint file to resume from."""
     overwrite: bool = False
@@ -196,19 +197,23 @@ class TrainConfig:
     """features=live: encode with TF32 forbidden. By default the encode runs under the precision
     switch's TF32 flags (allowed under tf32, fp16 and bf16), as DiT's train.py does; strict fp32 is
     what the latent cache is extracted with, and what the cached-vs-live equivalence compares."""
+    strict_images: bool = False
+    """Refuse the run when the image folder holds unreadable images (or, with features=cached, when the
+    cache was extracted without some). By default they are left out, with a warning, and listed in
+    env.json."""
     switches: Switches = field(default_factory=Switches)
     """The optimization switches."""
 
     def __post_init__(self) -> None:
         if isinstance(self.switches, dict):
-            self.switches = Switches(**self.switches)
+            self.switches = Switches(**_renamed(self.switches, LEGACY_SWITCH_KEYS))
         if self.global_batch_size < 1:
             raise ConfigError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name, minimum in (("log_every", 1), ("num_workers", 0), ("checkpoint_every_steps", 0), ("image_size", 1)):
+        for name, minimum in (("log_every", 1), ("num_workers", 0), ("save_every", 0), ("image_size", 1)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -235,11 +240,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        data = _renamed(data, LEGACY_CONFIG_KEYS)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
         return cls(**data)
+
+
+LEGACY_SWITCH_KEYS = {"checkpoint_every": "checkpointing_k"}
+"""Switch names of earlier versions, read from stored configs and results under their new names."""
+LEGACY_CONFIG_KEYS = {"checkpoint_every_steps": "save_every"}
+"""Config names of earlier versions, read from stored configs under their new names."""
+
+
+def _renamed(data: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """``data`` with the keys of earlier versions renamed (files written before a rename stay readable)."""
+    return {renames.get(key, key): value for key, value in data.items()}
 
 
 def _coerce_enum(kind: type[enum.Enum], value: Any, name: str) -> enum.Enum:

@@ -152,7 +152,7 @@ def apply_switches(model: nn.Module, switches: Switches, device: torch.device) -
     """Apply every switch to ``model`` (already on ``device``) in the fixed order; see the module docstring."""
     dtype = apply_precision(switches.precision)
     selection = apply_attention(model, switches.attention, device, dtype)
-    checkpointed = apply_checkpointing(model, switches.checkpointing, switches.checkpoint_every)
+    checkpointed = apply_checkpointing(model, switches.checkpointing, switches.checkpointing_k)
     forward_module = apply_compile(model, switches.compile, switches.compile_scope)
     if Distributed(switches.distributed) is Distributed.DDP:
         forward_module = apply_ddp(forward_module, device)

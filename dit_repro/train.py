@@ -38,7 +38,7 @@ from .config import (
     ProtocolRecipe,
     TrainConfig,
 )
-from .data import build_feature_source
+from .data import FeatureSource, build_feature_source
 from .diffusion import create_diffusion
 from .distributed import ProcessInfo, init_process_group, launched_process, mean_over_processes
 from .envinfo import environment_fingerprint
@@ -108,10 +108,11 @@ def warmup_schedule(warmup_steps: int):
     return factor
 
 
-MAY_CHANGE_ON_RESUME = ("steps", "log_every", "checkpoint_every_steps", "out_dir", "resume", "overwrite",
-                        "num_workers", "device")
+MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "out_dir", "resume", "overwrite",
+                        "num_workers", "device", "strict_images")
 """Settings a resumed run may give differently from its checkpoint: how long, how often it logs and saves,
-where it writes, and where it runs. Any other difference would change the run and is refused."""
+where it writes, where it runs, and whether unreadable images are refused (a check, not a setting of the
+run). Any other difference would change the run and is refused."""
 
 
 def check_run_folder(cfg: TrainConfig) -> None:
@@ -129,6 +130,28 @@ def check_run_folder(cfg: TrainConfig) -> None:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise ConfigError(f"run folder {out} is not empty ({shown}); pass --resume {out / 'checkpoints' / 'last.pt'} "
                           "to continue that run, --overwrite to replace it, or another --out")
+
+
+def dataset_identity(source: FeatureSource) -> dict[str, Any]:
+    """Kind, item count and sha256 of the data ``source`` serves (for folders: the readable files)."""
+    dataset = source.describe().get("dataset", {})
+    return {key: dataset.get(key) for key in ("kind", "num_items", "sha256")}
+
+
+def check_same_data(path: str | Path, saved: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """Refuse a resume whose data differs from the checkpoint's: the item indices would mean other images.
+
+    ``saved`` and ``now`` come from :func:`dataset_identity`; checkpoints written before the data
+    was recorded carry none and are not checked.
+    """
+    if saved is None or saved.get("sha256") == now["sha256"]:
+        return
+    raise CheckpointError(
+        f"checkpoint {path} was trained on {saved.get('kind')} data of {saved.get('num_items')} images (sha256 "
+        f"{str(saved.get('sha256'))[:12]}), this run serves {now['num_items']} (sha256 {str(now['sha256'])[:12]}): "
+        "files were added, removed, or became readable or unreadable since. Resume with the same data, or start a "
+        "new run"
+    )
 
 
 def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +399,7 @@ class Trainer:
             while self.step < self.cfg.steps:
                 self.advance(self.next_batch())
                 bar.update(1)
-                saving = bool(out and self.cfg.checkpoint_every_steps and self.step % self.cfg.checkpoint_every_steps == 0)
+                saving = bool(out and self.cfg.save_every and self.step % self.cfg.save_every == 0)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps or saving:
                     window = self.read_back()
                     bar.set_postfix(loss=f"{window[-1].loss:.4f}", lr=f"{window[-1].lr:.2e}")
@@ -437,6 +460,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "config": self.cfg.to_dict(),
             "model_args": self.model_args,
+            "dataset": dataset_identity(self.source),
         }
 
     def save(self, path: Path) -> None:
@@ -460,6 +484,7 @@ class Trainer:
             listed = "; ".join(f"{key}: checkpoint {old!r}, this run {new!r}" for key, (old, new) in refused.items())
             raise CheckpointError(f"resuming {path} with other settings would change the run: {listed}. Give the "
                                   "checkpoint's values (or leave the flags out), or start a new run")
+        check_same_data(path, state.get("dataset"), dataset_identity(self.source))
         self.resume_changes = [{"step": int(state["step"]), "field": key, "from": old, "to": new}
                                for key, (old, new) in differing.items() if key not in ("resume", "overwrite")]
         self.model.load_state_dict(state["model"])

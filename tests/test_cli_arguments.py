@@ -12,7 +12,7 @@ from dit_repro.config import ConfigError, TrainConfig
     "flag, value, expected",
     [("--log-every", "0", ">= 1, got 0"), ("--num-workers", "-1", ">= 0, got -1"), ("--steps", "-5", ">= 0, got -5"),
      ("--batch-size", "0", ">= 1, got 0"), ("--image-size", "0", ">= 1, got 0"), ("--warmup-steps", "-1", ">= 0"),
-     ("--checkpoint-every-steps", "-2", ">= 0"), ("--ema-decay", "1.0", "[0, 1), got 1.0"), ("--lr", "0", "> 0"),
+     ("--save-every", "-2", ">= 0"), ("--ema-decay", "1.0", "[0, 1), got 1.0"), ("--lr", "0", "> 0"),
      ("--log-every", "ten", "integer >= 1, got 'ten'")],
 )
 def test_a_bad_train_flag_is_refused_naming_the_flag(capsys, flag: str, value: str, expected: str) -> None:
@@ -23,7 +23,7 @@ def test_a_bad_train_flag_is_refused_naming_the_flag(capsys, flag: str, value: s
     assert f"argument {flag}" in err and expected in err, err
 
 
-@pytest.mark.parametrize("field, value", [("log_every", 0), ("num_workers", -1), ("checkpoint_every_steps", -1),
+@pytest.mark.parametrize("field, value", [("log_every", 0), ("num_workers", -1), ("save_every", -1),
                                           ("image_size", 0), ("warmup_steps", -3)])
 def test_the_config_refuses_the_same_values_for_library_users(field: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"{field} must be >= "):
@@ -62,11 +62,11 @@ def test_an_output_path_under_a_file_is_refused_naming_the_flag(capsys, tmp_path
 
 @pytest.mark.parametrize(
     "extra, expected",
-    [(["--checkpoint-every", "3"], "--checkpoint-every 3 applies only to --checkpointing every-k"),
-     (["--checkpointing", "full", "--checkpoint-every", "3"], "not full"),
+    [(["--checkpointing-k", "3"], "--checkpointing-k 3 applies only to --checkpointing every-k"),
+     (["--checkpointing", "full", "--checkpointing-k", "3"], "not full"),
      (["--compile-scope", "blocks"], "--compile-scope blocks applies only with --compile"),
-     (["--vae", "tiny-random"], "--vae given with --features pixels"),
-     (["--cache", "somewhere"], "--cache given with --features pixels"),
+     (["--features", "pixels", "--vae", "tiny-random"], "--vae given with --features pixels"),
+     (["--features", "pixels", "--cache", "somewhere"], "--cache given with --features pixels"),
      (["--features", "live", "--vae", "tiny-random", "--cache", "x"], "--cache given with --features live"),
      (["--strict-fp32-encode"], "--strict-fp32-encode applies only to --features live")],
 )
@@ -77,7 +77,65 @@ def test_a_flag_the_chosen_mode_ignores_is_an_error(capsys, extra: list[str], ex
 
 def test_every_k_takes_its_interval(tmp_path) -> None:
     assert main(["train", "--device", "cpu", "--steps", "1", "--batch-size", "8", "--image-size", "8",
-                 "--checkpointing", "every-k", "--checkpoint-every", "3", "--out", str(tmp_path / "run")]) == 0
+                 "--checkpointing", "every-k", "--checkpointing-k", "3", "--out", str(tmp_path / "run")]) == 0
     import json
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert env["checkpointed_blocks"] == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [(["--checkpoint-every", "50000"], "--checkpointing-k K (activation checkpointing stride) or --save-every N"),
+     (["--checkpoint-every-steps", "100"], "write --save-every N")],
+)
+def test_renamed_checkpoint_flags_are_refused_with_their_new_spelling(capsys, old: list[str], new: str) -> None:
+    """DiT's --ckpt-every saves every N steps; here the save interval is --save-every and the activation
+    checkpointing stride --checkpointing-k, so no flag containing "checkpoint" means both."""
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--device", "cpu", "--steps", "0", *old])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{old[0]} is no longer accepted" in err and new in err
+
+
+def test_configs_written_before_the_rename_still_load() -> None:
+    old = TrainConfig().to_dict()
+    old["checkpoint_every_steps"] = old.pop("save_every")
+    old["switches"]["checkpoint_every"] = old["switches"].pop("checkpointing_k")
+    assert TrainConfig.from_dict(old) == TrainConfig()
+
+
+def parsed_train(*flags: str):
+    """The train parser's namespace for ``flags`` (nothing runs)."""
+    import argparse
+
+    from dit_repro.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    return parser.parse_args(["train", *flags])
+
+
+@pytest.mark.parametrize(
+    "flags, features, vae",
+    [((), "pixels", None),  # DiT-S/2 on 16 px digits: the small pixel-space default stays
+     (("--model", "DiT-XL/2", "--image-size", "256"), "live", "stabilityai/sd-vae-ft-ema"),
+     (("--model", "U-ViT-H/2", "--image-size", "64"), "live", "stabilityai/sd-vae-ft-ema"),
+     (("--model", "U-ViT-M/4", "--image-size", "64"), "pixels", None),  # U-ViT models 64 px ImageNet in pixels
+     (("--model", "DiT-XL/2", "--image-size", "32"), "pixels", None),
+     (("--model", "DiT-XL/2", "--image-size", "256", "--features", "pixels"), "pixels", None),
+     (("--vae", "tiny-random"), "live", "tiny-random"),
+     (("--cache", "latents"), "cached", None)],
+)
+def test_features_default_to_latents_where_the_preset_trains_on_them(flags, features, vae) -> None:
+    from dit_repro.commands.train import default_features
+
+    assert default_features(parsed_train(*flags)) == (features, vae)
+
+
+def test_an_imagenet_style_command_asks_for_the_vae_instead_of_training_on_pixels(capsys, tmp_path) -> None:
+    # No VAE weights on this machine: the default live features name where they must go.
+    code = main(["train", "--device", "cpu", "--model", "DiT-XL/2", "--image-size", "256", "--data", "synthetic",
+                 "--steps", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "sd-vae-ft-ema" in err and "Traceback" not in err

@@ -61,7 +61,7 @@ def saved_bytes(fn) -> dict[torch.dtype, int]:
 def test_checkpointing_gives_bitwise_equal_loss_and_gradients(mode: str) -> None:
     """On a CPU in fp32 the recompute runs the same kernels on the same inputs: equality, not closeness."""
     plain = perturbed_trainer(attention="math")
-    checkpointed = perturbed_trainer(attention="math", checkpointing=mode, checkpoint_every=3)
+    checkpointed = perturbed_trainer(attention="math", checkpointing=mode, checkpointing_k=3)
     assert checkpointed.model.checkpointed == (frozenset(range(12)) if mode == "full" else frozenset({0, 3, 6, 9}))
     batch = plain.next_batch()
     loss_a, grads_a = loss_and_grads(plain, batch)

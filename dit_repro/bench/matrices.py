@@ -34,7 +34,7 @@ BUILTIN_MATRICES = ("table4", "table3", "uvit", "attention", "compile")
 MATRIX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A matrix name: it becomes part of a baseline's file name, so no path separators and no leading dot."""
 
-KEY_ALIASES = {"ckpt": "checkpointing", "attn": "attention", "scope": "compile_scope", "every": "checkpoint_every"}
+KEY_ALIASES = {"ckpt": "checkpointing", "attn": "attention", "scope": "compile_scope", "every": "checkpointing_k", "checkpoint_every": "checkpointing_k"}
 
 # Keys a benchmark row may set: one process, so no data parallelism.
 _ROW_KEYS = tuple(f.name for f in dataclasses.fields(Switches) if f.name != "distributed")
@@ -241,9 +241,9 @@ def _parse_row(text: str) -> MatrixRow:
             if key not in _ROW_KEYS:
                 valid = ", ".join(sorted(set(_ROW_KEYS) | set(KEY_ALIASES)))
                 raise ConfigError(f"row {text!r}: unknown switch {key!r}; valid keys: {valid}")
-            if key == "checkpoint_every":
+            if key == "checkpointing_k":
                 if not value.isdigit():
-                    raise ConfigError(f"row {text!r}: checkpoint_every must be a positive integer, got {value!r}")
+                    raise ConfigError(f"row {text!r}: checkpointing_k must be a positive integer, got {value!r}")
                 switches[key] = int(value)
             else:
                 switches[key] = value

@@ -67,3 +67,17 @@ def writable_folder(folder: str | os.PathLike[str], flag: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); name a folder you can write to") from None
     return path
+
+
+class RefusedFlag(argparse.Action):
+    """A flag of an earlier version (or of DiT's scripts) whose meaning moved: using it is an error giving
+    the new spelling, never a silent reinterpretation. Takes a value, as the old flag did."""
+
+    def __init__(self, option_strings: list[str], dest: str, new_spelling: str, **kwargs) -> None:
+        self.new_spelling = new_spelling
+        """What to write instead."""
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        """Stop parsing with the replacement named."""
+        parser.error(f"{option_string} is no longer accepted; write {self.new_spelling}")

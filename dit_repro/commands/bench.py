@@ -39,7 +39,7 @@ matrices:
   attention  every attention backend (auto, math, sdpa, flash, efficient, cudnn, xformers)
   compile    eager and every torch.compile mode x scope (model, blocks)
   NAME=ROW;ROW;...   a custom matrix; ROW = [LABEL@]KEY:VALUE[+KEY:VALUE...] or [LABEL@]default
-             keys: attention (attn), precision, checkpointing (ckpt), checkpoint_every (every), compile,
+             keys: attention (attn), precision, checkpointing (ckpt), checkpointing_k (every), compile,
              compile_scope (scope), features, protocol. Unnamed switches: features=cached, else defaults.
              example: --matrix 'mine=fast@ckpt:full+precision:bf16;plain@ckpt:none'
 

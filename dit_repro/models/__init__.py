@@ -10,7 +10,7 @@ from .attention import AUTO, Attention, set_attention_backend
 from .dit import DIT_PATCHES, DIT_SIZES, DiT
 from .uvit import UVIT_PATCHES, UVIT_SIZES, UViT
 
-__all__ = ["PRESETS", "Preset", "build_model", "parse_preset", "Attention", "set_attention_backend"]
+__all__ = ["PRESETS", "Preset", "build_model", "is_latent_preset", "parse_preset", "Attention", "set_attention_backend"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ PRESETS: dict[str, Preset] = {
         for patch in UVIT_PATCHES
     },
 }
+
+
+def is_latent_preset(name: str) -> bool:
+    """Whether the preset's paper trains it on VAE latents: every DiT, and U-ViT's /2 presets
+    (U-ViT-L/2, H/2 on ImageNet 256/512 latents; its /4 presets model 64 px ImageNet in pixels)."""
+    preset = parse_preset(name)
+    return preset.family == "dit" or preset.patch_size == 2
 
 
 def parse_preset(name: str) -> Preset:
