@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module exposes register(subparsers); the order here is the order in --help.
-COMMANDS = ("info", "env", "train", "extract", "sample", "fid", "bench", "gate", "bench_gate", "verify")
+COMMANDS = ("info", "env", "train", "extract", "sample", "fid", "fid_protocol", "bench", "gate", "bench_gate", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:

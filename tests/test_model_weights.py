@@ -22,6 +22,8 @@ from dit_repro.models import build_model
 from dit_repro.sampling import SamplingRequest, run_sampling
 from tests.helpers import perturb_
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODEL_ARGS = {"input_size": 2, "in_channels": 4, "num_classes": 10, "learn_sigma": True}
 """A DiT-S/2 on 2x2 latents: 16 px images through the tiny VAE."""
 

@@ -33,13 +33,7 @@ SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: on a shared CPU, synchronising two threads per op costs more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ElementwiseDenoiser(nn.Module):

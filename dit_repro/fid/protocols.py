@@ -1,0 +1,75 @@
+"""Published FID protocols: the sampling settings behind a paper's FID-50K, and the figure a run should reproduce.
+
+A protocol fixes everything that moves FID: sampler and steps, guidance scale and which channels
+it guides, the VAE that decodes, the number of images and the reference batch. ``dit-repro
+fid-protocol NAME`` samples with exactly these settings and computes FID against the reference
+given by path, so that a GPU run can be set beside the published number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dit_repro.data.vae import PRETRAINED_REPOS
+
+
+@dataclass(frozen=True)
+class FIDProtocol:
+    """One paper's FID-50K sampling protocol."""
+
+    name: str
+    """Name on the command line."""
+    sampler: str
+    """Sampler of the published runs."""
+    steps: int
+    """Sampling steps."""
+    cfg_scale: float
+    """Classifier-free guidance scale in DiT's convention (eps_u + s (eps_c - eps_u); 1.0 = none)."""
+    cfg_channels: str
+    """``first3`` (DiT's sampler guides the first 3 of 4 latent channels) or ``all``."""
+    vae: str
+    """VAE of the published runs (a Hugging Face repo id: resolved in the local cache only)."""
+    num_samples: int
+    """Images behind the published FID."""
+    reference: str
+    """The reference batch the published FID is computed against (given by path on the command line)."""
+    published: str
+    """The published figure: model, FID and its setting."""
+    source: str
+    """Where the settings are stated."""
+    unavailable: str | None = None
+    """Why this project cannot run the protocol exactly (None when it can)."""
+
+
+PROTOCOLS: dict[str, FIDProtocol] = {
+    "dit": FIDProtocol(
+        name="dit",
+        sampler="ddpm",
+        steps=250,
+        cfg_scale=1.5,
+        cfg_channels="first3",
+        vae=PRETRAINED_REPOS[0],
+        num_samples=50_000,
+        reference="ADM's VIRTUAL_imagenet256_labeled.npz (ImageNet 256 reference batch of guided-diffusion's evaluator)",
+        published="DiT-XL/2, ImageNet 256x256, 7M steps: FID-50K 2.27 at cfg 1.5 (9.62 without guidance)",
+        source="DiT (Peebles & Xie, 2023), ImageNet 256 benchmark, and its sample_ddp.py: 250 DDPM steps, guidance on 3 channels",
+    ),
+    "uvit": FIDProtocol(
+        name="uvit",
+        sampler="dpm-solver",
+        steps=50,
+        # U-ViT writes guidance as (1 + s) eps_c - s eps_u with s = 0.4: 1.4 in DiT's convention.
+        cfg_scale=1.4,
+        cfg_channels="all",
+        vae="Stable Diffusion's autoencoder_kl_ema.pth (U-ViT's assets/stable-diffusion)",
+        num_samples=50_000,
+        reference="fid_stats_imagenet256_guided_diffusion.npz (U-ViT's assets/fid_stats, ADM's ImageNet 256 statistics)",
+        published="U-ViT-H/2, ImageNet 256x256: FID-50K 2.29",
+        source="U-ViT (Bao et al., 2023), ImageNet 256 benchmark, and configs/imagenet256_uvit_huge.py: DPM-Solver 50 steps, scale 0.4",
+        unavailable=(
+            "U-ViT samples with DPM-Solver (50 steps), which dit-repro's samplers (DDPM, DDIM) do not implement, "
+            "and decodes with Stable Diffusion's own first-stage VAE; a DDPM/DDIM run would not be U-ViT's protocol"
+        ),
+    ),
+}
+"""The protocols by name."""
