@@ -41,9 +41,15 @@ def init_process_group(device: torch.device) -> ProcessInfo:
     """Join the launcher's process group (gloo on CPU, nccl on CUDA) and return this process's place."""
     info = launched_process()
     if "MASTER_ADDR" not in os.environ or "WORLD_SIZE" not in os.environ:
+        hint = ""
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            # accelerate launch --cpu starts one process unless mpirun is set up (--mpirun_hostfile).
+            hint = (" accelerate launch --cpu starts a single process without mpirun; on CPUs launch with "
+                    "`accelerate launch --multi_gpu --num_processes N -m dit_repro.cli train --device cpu ...` (gloo).")
         raise ConfigError(
-            "distributed=ddp needs a launcher: run `torchrun --standalone --nproc_per_node=N -m dit_repro.cli train "
-            "--distributed ddp ...` (or `accelerate launch --multi_gpu|--cpu --num_processes N -m dit_repro.cli train ...`)"
+            "--distributed ddp needs a launcher: run `torchrun --standalone --nproc_per_node=N -m dit_repro.cli train "
+            "--distributed ddp ...` or `accelerate launch --multi_gpu --num_processes N -m dit_repro.cli train "
+            f"--distributed ddp ...`.{hint}"
         )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -66,7 +72,52 @@ def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     return reduced / dist.get_world_size()
 
 
+def gather_lists(local: list) -> list:
+    """Every process's ``local`` list joined in rank order (an all-gather); ``local`` itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return [item for part in parts for item in part]
+
+
 def shutdown() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+ACCELERATE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16"}
+"""``accelerate launch --mixed_precision`` values and the precision switch each sets (``no`` sets none)."""
+
+
+def accelerate_settings(
+    precision: str | None, device: str, environ: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """(precision, device) after ``accelerate launch``'s choices, which it passes in the environment.
+
+    ``--mixed_precision fp16|bf16`` (ACCELERATE_MIXED_PRECISION) sets the precision switch when
+    ``--precision`` is not given, and is refused when ``--precision`` says otherwise, naming both:
+    training silently in another precision than the launcher was told is the trap this avoids.
+    ``--cpu`` (ACCELERATE_USE_CPU) makes ``--device auto`` the CPU and contradicts ``--device cuda``.
+    Only the launcher of accelerate is used: the switches apply precision and DDP themselves, in the
+    order the measurements need, so an ``Accelerator`` would apply them a second time.
+    """
+    environ = os.environ if environ is None else environ
+    mixed = environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if mixed not in ("no", *ACCELERATE_PRECISIONS):
+        raise ValueError(
+            f"accelerate launch --mixed_precision {mixed} has no precision switch here; use no, fp16 or bf16"
+        )
+    launched = ACCELERATE_PRECISIONS.get(mixed)
+    if precision is not None and launched is not None and precision != launched:
+        raise ValueError(
+            f"--precision {precision} contradicts accelerate launch --mixed_precision {mixed} "
+            f"(ACCELERATE_MIXED_PRECISION={mixed}); give one of them"
+        )
+    resolved_precision = precision or launched or "fp32"
+    if environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        if device.startswith("cuda"):
+            raise ValueError(f"--device {device} contradicts accelerate launch --cpu (ACCELERATE_USE_CPU); give one of them")
+        device = "cpu"
+    return resolved_precision, device

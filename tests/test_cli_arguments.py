@@ -139,3 +139,42 @@ def test_an_imagenet_style_command_asks_for_the_vae_instead_of_training_on_pixel
                  "--steps", "0", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "sd-vae-ft-ema" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "precision, environ, expected",
+    [(None, {}, ("fp32", "auto")),
+     (None, {"ACCELERATE_MIXED_PRECISION": "no"}, ("fp32", "auto")),
+     (None, {"ACCELERATE_MIXED_PRECISION": "fp16"}, ("fp16", "auto")),
+     (None, {"ACCELERATE_MIXED_PRECISION": "bf16"}, ("bf16", "auto")),
+     ("bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, ("bf16", "auto")),
+     ("tf32", {"ACCELERATE_MIXED_PRECISION": "no"}, ("tf32", "auto")),
+     (None, {"ACCELERATE_USE_CPU": "True"}, ("fp32", "cpu"))],
+)
+def test_accelerate_launch_settings_set_the_switches(precision, environ, expected) -> None:
+    from dit_repro.distributed import accelerate_settings
+
+    assert accelerate_settings(precision, "auto", environ) == expected
+
+
+@pytest.mark.parametrize(
+    "precision, device, environ, message",
+    [("fp32", "auto", {"ACCELERATE_MIXED_PRECISION": "fp16"}, "--precision fp32 contradicts accelerate launch --mixed_precision fp16"),
+     (None, "auto", {"ACCELERATE_MIXED_PRECISION": "fp8"}, "--mixed_precision fp8 has no precision switch"),
+     (None, "cuda", {"ACCELERATE_USE_CPU": "True"}, "--device cuda contradicts accelerate launch --cpu")],
+)
+def test_accelerate_launch_contradictions_are_refused_naming_both(precision, device, environ, message) -> None:
+    from dit_repro.distributed import accelerate_settings
+
+    with pytest.raises(ValueError, match=message):
+        accelerate_settings(precision, device, environ)
+
+
+def test_accelerate_mixed_precision_reaches_the_run_config(monkeypatch, tmp_path) -> None:
+    """What `accelerate launch --mixed_precision fp16 -m dit_repro.cli train` passes on: the run trains in fp16."""
+    import json
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert main(["train", "--device", "cpu", "--steps", "1", "--batch-size", "4", "--image-size", "8",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["switches"]["precision"] == "fp16"

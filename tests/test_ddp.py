@@ -27,17 +27,28 @@ def torchrun(out_dir, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+def logged_losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """One 2-process torchrun training, shared by the tests that compare with it."""
+    out = tmp_path_factory.mktemp("torchrun")
+    proc = torchrun(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.equivalence
 @pytest.mark.slow
-def test_two_gloo_processes_follow_one_process_curve(tmp_path) -> None:
+def test_two_gloo_processes_follow_one_process_curve(torchrun_run) -> None:
     single = Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, global_batch_size=8, steps=4, seed=7,
                                  switches=Switches()))
     single_losses = [r.loss for r in single.fit()]
-    proc = torchrun(tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    env = json.loads((tmp_path / "env.json").read_text())
+    env = json.loads((torchrun_run / "env.json").read_text())
     assert env["world_size"] == 2 and env["local_batch_size"] == 4  # really two processes, not two 1-process runs
-    ddp_losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ddp_losses = logged_losses(torchrun_run)
     print(f"1 process: {single_losses}\n2 processes: {ddp_losses}")
     assert len(ddp_losses) == 4
     for one, two in zip(single_losses, ddp_losses, strict=True):
@@ -49,3 +60,17 @@ def test_batch_not_divisible_by_process_count_is_refused(tmp_path) -> None:
     proc = torchrun(tmp_path, "--batch-size", "7")
     assert proc.returncode != 0
     assert "global_batch_size 7 is not divisible by the 2 processes" in proc.stderr
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_as_torchrun_does(torchrun_run, tmp_path) -> None:
+    """fast-DiT's launcher: `accelerate launch --multi_gpu` starts the same two gloo processes on CPUs
+    (--device cpu), so the losses are those of torchrun, bit for bit (same code, same draws)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "dit_repro.cli", "train", *ARGS, "--distributed", "ddp", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "env.json").read_text())["world_size"] == 2
+    assert logged_losses(tmp_path) == logged_losses(torchrun_run)

@@ -19,7 +19,8 @@ from ..config import (
     Switches,
     TrainConfig,
 )
-from ..distributed import shutdown
+from ..data.imagesource import UnreadableImageError
+from ..distributed import accelerate_settings, shutdown
 from ..model_weights import DEFAULT_VAE
 from ..models import PRESETS, is_latent_preset
 from ..models.attention import AttentionBackendUnavailable
@@ -36,8 +37,9 @@ def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
         "optimization switches (applied in order: precision, attention, checkpointing, compile, DDP)")
     group.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                        help="attention backend; auto = check-then-select (default)")
-    group.add_argument("--precision", default="fp32", choices=_values(Precision),
-                       help="fp32 (TF32 off), tf32, fp16 (autocast + grad scaler) or bf16 (autocast); default fp32")
+    group.add_argument("--precision", default=None, choices=_values(Precision),
+                       help="fp32 (TF32 off), tf32, fp16 (autocast + grad scaler) or bf16 (autocast); default fp32, or "
+                            "what accelerate launch --mixed_precision fp16/bf16 says (a different --precision is refused)")
     group.add_argument("--checkpointing", default="none", choices=_values(Checkpointing),
                        help="activation checkpointing: none, full (every block) or every-k; default none")
     group.add_argument("--checkpointing-k", type=at_least(1), default=None,
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import NonFiniteLossError, Trainer  # heavy imports only when training
 
     try:
+        args.precision, args.device = accelerate_settings(args.precision, args.device)
         asked = args.features
         args.features, args.vae = default_features(args)
         if asked is None and args.features != Features.PIXELS.value:
@@ -187,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
         history = trainer.fit()
     except NonFiniteLossError as exc:
         print(f"dit-repro train: {exc}", file=sys.stderr)
+        return 1
+    except UnreadableImageError as exc:  # a file that the scan read changed during the run
+        print(f"dit-repro train: {exc} (the scan before training read it: it changed since)", file=sys.stderr)
         return 1
     finally:
         shutdown()
