@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dit_repro.paper import CellRef, PaperDataError, load_paper, parse_printed
+from dit_repro.paper import CellRef, PaperData, PaperDataError, load_paper, paper_schema, parse_printed
 from dit_repro.verify.claims import (
     CONSISTENCY_KINDS,
     DIRECTIONS,
@@ -19,7 +19,9 @@ from dit_repro.verify.claims import (
     parse_claims,
     uncovered_rows,
 )
+from dit_repro.verify.coverage import load_text_coverage, normalise
 from dit_repro.verify.figures import paper_figure
+from dit_repro.verify.machine import ARCHITECTURE_QUANTITIES
 from dit_repro.verify.measure import Evidence
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,3 +171,29 @@ def test_a_claims_file_that_does_not_exist_is_named(tmp_path: Path) -> None:
         load_claims(tmp_path / "nowhere.json")
 
 
+
+
+def shipped_paper() -> dict:
+    return json.loads(resources.files("dit_repro.paper").joinpath("paper.json").read_text(encoding="utf-8"))
+
+
+def test_every_stated_size_is_said_by_its_sentence_or_named_by_its_row() -> None:
+    paper, text = load_paper(), load_text_coverage()
+    assert paper.stated_sizes, "paper.json states no sizes"
+    for stated in paper.stated_sizes:
+        if stated.source.startswith("table"):
+            assert paper.row(*stated.source.split("/"))["model"] == stated.model == stated.quote
+        else:
+            assert normalise(stated.quote) in text.by_id(stated.source).text, stated
+
+
+def test_the_stated_quantities_are_the_ones_the_architecture_knows() -> None:
+    assert tuple(paper_schema()["$defs"]["stated_size"]["properties"]["quantity"]["enum"]) == ARCHITECTURE_QUANTITIES
+
+
+def test_a_stated_size_from_a_row_must_name_the_row_s_preset() -> None:
+    data = shipped_paper()
+    entry = next(e for e in data["stated_sizes"]["entries"] if e["source"] == "table2/dit-b2-a100x1-b128")
+    entry.update(model="DiT-L/2", quote="DiT-L/2")
+    with pytest.raises(PaperDataError, match="the row's model is 'DiT-B/2', the entry names 'DiT-L/2'"):
+        PaperData(data)

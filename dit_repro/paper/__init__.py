@@ -7,6 +7,10 @@ A cell is named by a reference ``<table>/<row id>`` plus a metric (a column) and
 a setting (``a100x1`` or ``a100x2``). Numbers are stored as the strings the paper prints; a
 :class:`Printed` keeps the value and half a unit of the last printed digit, which is how far
 the unrounded figure can be from it.
+
+Besides the tables, ``stated_sizes`` holds the shapes and sizes the text states (image and latent
+shapes, the presets' patch sizes), each with the sentence of ``dit_repro/verify/text_coverage.json``
+or the table row that states it; the verifier's rules check them against the architecture.
 """
 
 from __future__ import annotations
@@ -118,6 +122,22 @@ class AverageCheck:
         return self.gap <= self.allowed
 
 
+@dataclass(frozen=True)
+class StatedSize:
+    """A shape or size the text states (``paper.json``'s ``stated_sizes``)."""
+
+    source: str
+    """The sentence id (of ``dit_repro/verify/text_coverage.json``) or table row (``table2/<id>``) stating it."""
+    quote: str
+    """The words that state it."""
+    quantity: str
+    """``image_shape``, ``latent_shape``, ``patch_size``, ``hidden_size``, ``depth`` or ``tokens``."""
+    value: tuple[int, ...]
+    """The stated shape, or the one stated number."""
+    model: str | None = None
+    """The preset whose size it is; None for the shapes of the paper's setting."""
+
+
 class PaperData:
     """The paper's tables, hardware and training protocols, read from ``paper.json``."""
 
@@ -138,6 +158,11 @@ class PaperData:
             if len(self._rows[table_id]) != len(table["rows"]):
                 raise PaperDataError(f"{table_id} repeats a row id")
         self._check_cells()
+        self.stated_sizes: tuple[StatedSize, ...] = tuple(
+            StatedSize(e["source"], e["quote"], e["quantity"], tuple(e["value"]), e.get("model"))
+            for e in data.get("stated_sizes", {}).get("entries", []))
+        """Shapes and sizes the text states, checked against the architecture by the verifier's rules."""
+        self._check_stated_sizes()
 
     def _check_cells(self) -> None:
         """Every printed number parses, so that a typo fails at load time rather than mid-report."""
@@ -149,6 +174,16 @@ class PaperData:
                             parse_printed(text)
                         except PaperDataError as exc:
                             raise PaperDataError(f"{table_id}/{row_id} {key}: {exc}") from None
+
+    def _check_stated_sizes(self) -> None:
+        """A size stated by a table row names that row's preset (sentence ids are checked against the text's list)."""
+        for stated in self.stated_sizes:
+            if not stated.source.startswith("table"):
+                continue
+            row = self.row(*split_row_ref(stated.source))
+            if stated.model is None or row.get("model") != stated.model or stated.quote != stated.model:
+                raise PaperDataError(f"stated size from {stated.source}: the row's model is {row.get('model')!r}, "
+                                     f"the entry names {stated.model!r} and quotes {stated.quote!r}")
 
     # ------------------------------------------------------------------ rows and cells
 

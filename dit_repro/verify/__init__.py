@@ -26,8 +26,9 @@ from dit_repro.paper import PaperDataError, load_paper
 from .claims import ClaimsError, ClaimSet, load_claims
 from .machine import param_count
 from .measure import Evidence
+from .memory_model import shared_memory_model
 from .results import ResultsFile, load_results_files
-from .rules import change_tolerance, run_rules
+from .rules import change_tolerance, project_costs, run_rules
 from .runner import ClaimResult, VerificationReport, plot_data, verify_all
 from .small_scale import run_small_scale
 from .verdicts import PaperCheck, Verdict
@@ -68,12 +69,15 @@ def run_verification(options: VerifyOptions, say: Callable[[str], None] | None =
     results: list[ResultsFile] = load_results_files(list(options.results))
     if options.scale == "small":
         results += run_small_scale(options.out_dir, say)
-    evidence = Evidence(claims, results, run_equivalence=options.equivalence, gpu_here=torch.cuda.is_available())
+    # The process's one memory model: the claims and the general rules model each setup once between them.
+    evidence = Evidence(claims, results, run_equivalence=options.equivalence, gpu_here=torch.cuda.is_available(),
+                        memory_model=shared_memory_model())
     claim_results = verify_all(claims, evidence, options.only or None, progress=say)
     return VerificationReport(
         results=claim_results,
         tolerances=claims.tolerances,
-        findings=run_rules(claims.claims, claims.paper, param_count, change_tolerance(claims.tolerances)),
+        findings=run_rules(claims.claims, claims.paper, param_count, change_tolerance(claims.tolerances),
+                           project_costs(evidence.memory_model)),
         inputs={
             "results": [r.path for r in results],
             "scale": options.scale,

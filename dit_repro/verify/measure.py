@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dit_repro.models import PRESETS
-from dit_repro.paper import split_row_ref
+from dit_repro.paper import PaperData, split_row_ref
 
 from .claims import Claim, ClaimSet
 from .equivalence import CHECKS
@@ -56,6 +56,12 @@ class Setup:
         """Images per GPU per step."""
         return self.global_batch_size // self.gpus
 
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Equal for rows of one configuration (a setup the paper ran, or printed, more than once)."""
+        return (self.model, self.global_batch_size, self.gpu, self.gpus, tuple(sorted(self.switches.items())),
+                self.image_size, self.ddp)
+
     def memory_spec(self) -> MemorySpec:
         """The memory model's configuration of this setup."""
         return MemorySpec(self.model, self.per_gpu_batch, self.switches["checkpointing"], self.switches["precision"],
@@ -91,22 +97,7 @@ class Evidence:
 
     def setup(self, ref: str, setting: str | None = None) -> Setup:
         """The paper's configuration behind a row of Tables 1-4 (``setting``: Table 4's column)."""
-        table, row_id = split_row_ref(ref)
-        row, meta = self.paper.row(table, row_id), self.paper.tables[table]["setup"]
-        if table == "table4":
-            where = self.paper.tables["table4"]["settings"][setting]
-            protocol = self.paper.protocols[meta["protocol"]]
-            return Setup(meta["model"], meta["global_batch_size"], where["gpu"], where["gpus"], row["switches"],
-                         meta.get("image_size"), _holds_ddp(protocol, where["gpus"]))
-        if table == "table2":
-            protocol = self.paper.protocols[PRESETS[row["model"]].family]
-            return Setup(row["model"], row["global_batch_size"], row["gpu"], row["gpus"], protocol["switches"],
-                         meta.get("image_size"), _holds_ddp(protocol, row["gpus"]))
-        if table in ("table1", "table3"):
-            protocol = self.paper.protocols[meta["protocol"]]
-            return Setup(meta["model"], meta["global_batch_size"], meta["gpu"], meta["gpus"], protocol["switches"],
-                         meta.get("image_size"), _holds_ddp(protocol, meta["gpus"]))
-        raise ValueError(f"no setup for {ref}")
+        return row_setup(self.paper, ref, setting)
 
     # ------------------------------------------------------------------ GPU results
 
@@ -374,6 +365,30 @@ class Evidence:
         cv, name, docs = worst
         return Measurement(cv, f"largest CV across {len(docs)} runs {cv:.1%} (row {name})", docs[0].describe(),
                            "coefficient of variation of the same row's steps/s across repeated results files")
+
+
+def row_setup(paper: PaperData, ref: str, setting: str | None = None) -> Setup:
+    """The paper's configuration behind a row of Tables 1-4 (``setting``: Table 4's column).
+
+    A row's own switches (Table 4's, and Table 3's switch rows) override its protocol's.
+    """
+    table, row_id = split_row_ref(ref)
+    row, meta = paper.row(table, row_id), paper.tables[table]["setup"]
+    if table == "table4":
+        where = paper.tables["table4"]["settings"][setting]
+        protocol = paper.protocols[meta["protocol"]]
+        return Setup(meta["model"], meta["global_batch_size"], where["gpu"], where["gpus"], row["switches"],
+                     meta.get("image_size"), _holds_ddp(protocol, where["gpus"]))
+    if table == "table2":
+        protocol = paper.protocols[PRESETS[row["model"]].family]
+        return Setup(row["model"], row["global_batch_size"], row["gpu"], row["gpus"], protocol["switches"],
+                     meta.get("image_size"), _holds_ddp(protocol, row["gpus"]))
+    if table in ("table1", "table3"):
+        protocol = paper.protocols[meta["protocol"]]
+        return Setup(meta["model"], meta["global_batch_size"], meta["gpu"], meta["gpus"],
+                     row.get("switches") or protocol["switches"], meta.get("image_size"),
+                     _holds_ddp(protocol, meta["gpus"]))
+    raise ValueError(f"no setup for {ref}")
 
 
 def _holds_ddp(protocol: dict[str, Any], gpus: int) -> bool:

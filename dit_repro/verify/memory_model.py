@@ -20,6 +20,7 @@ probabilities of non-checkpointed math attention.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,3 +240,10 @@ class MemoryModel:
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             torch._foreach_lerp_(ema, [*model.parameters(), *model.buffers()], 1e-4)
+
+
+@functools.cache
+def shared_memory_model() -> MemoryModel:
+    """One memory model per process: the verification's claims and the general rules model the paper's
+    setups once between them (each DiT-XL/2 configuration takes seconds)."""
+    return MemoryModel()
