@@ -190,6 +190,9 @@ class TrainConfig:
     """Steps between saved checkpoints (0: only at the end, when out_dir is set)."""
     resume: str | None = None
     """Checkpoint file to resume from."""
+    init_from: str | None = None
+    """Weights to start from (this project's, DiT's or fast-DiT's checkpoint, or DiT's release; the EMA
+    weights where the file has both); the optimizer, EMA and step start fresh. Not with ``resume``."""
     overwrite: bool = False
     """Replace a non-empty ``out_dir`` (without it, a run folder that holds anything is refused unless
     the run resumes)."""
@@ -218,6 +221,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.init_from and self.resume:
+            raise ConfigError("--init-from starts a new run from weights, --resume continues one; give one of them")
         if self.switches.features is Features.CACHED and not self.cache_dir:
             raise ConfigError("features=cached needs a latent cache: pass cache_dir (made by `dit-repro extract`)")
         if self.switches.features is Features.LIVE and not self.vae:

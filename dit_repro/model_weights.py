@@ -32,6 +32,7 @@ import torch
 from dit_repro.checkpoint import CheckpointError, load_checkpoint, weights_only_refusal
 from dit_repro.config import ConfigError, Features, Switches, TrainConfig
 from dit_repro.data.vae import LATENT_CHANNELS, PRETRAINED_REPOS, VAE_DOWNSAMPLE
+from dit_repro.hashing import sha256_file
 from dit_repro.models import PRESETS, parse_preset
 
 LAYOUTS = ("dit-repro", "dit-training", "bare-state-dict")
@@ -204,3 +205,22 @@ def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, p
 def _step_from_name(path: Path) -> int | None:
     # DiT names its checkpoints by step: 0050000.pt.
     return int(path.stem) if path.stem.isdigit() else None
+
+
+def load_initial_weights(
+    model: torch.nn.Module, path: str | os.PathLike[str], model_name: str, model_args: dict[str, Any]
+) -> dict[str, Any]:
+    """Load ``path``'s weights (EMA where present) into a freshly built ``model`` for ``train --init-from``.
+
+    The file must hold the same preset with the same input size, channels, classes and variance
+    head as the run builds; a difference is refused naming both, since a partial load would train
+    a model that is neither. Returns what the run record keeps: path, SHA-256, layout, weights.
+    """
+    read = read_model_weights(path, model=model_name)
+    if read.config.model != model_name or read.model_args != model_args:
+        raise ConfigError(
+            f"--init-from {path} holds a {read.config.model} with {read.model_args}, but this run builds a "
+            f"{model_name} with {model_args}; match --model, --image-size and the data's channels and classes"
+        )
+    model.load_state_dict(read.state_dict)
+    return {"path": str(path), "sha256": sha256_file(Path(path)), "layout": read.layout, "weights": read.weights}

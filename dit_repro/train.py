@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .atomic import write_json_atomic
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .model_weights import load_initial_weights
 from .config import (
     ConfigError,
     Distributed,
@@ -108,7 +109,7 @@ def warmup_schedule(warmup_steps: int):
     return factor
 
 
-MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "out_dir", "resume", "overwrite",
+MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "out_dir", "resume", "overwrite", "init_from",
                         "num_workers", "device", "strict_images")
 """Settings a resumed run may give differently from its checkpoint: how long, how often it logs and saves,
 where it writes, where it runs, and whether unreadable images are refused (a check, not a setting of the
@@ -198,6 +199,10 @@ class Trainer:
             "num_classes": self.source.num_classes,
             "learn_sigma": self.model.learn_sigma,
         }
+        self.initial_weights: dict[str, Any] | None = None
+        """Where ``init_from``'s weights came from (path, SHA-256, layout, which weights)."""
+        if cfg.init_from:
+            self.initial_weights = load_initial_weights(self.model, cfg.init_from, cfg.model, self.model_args)
         self.diffusion = create_diffusion(learn_sigma=self.model.learn_sigma)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         self.ema.module.requires_grad_(False)
@@ -438,6 +443,7 @@ class Trainer:
             "local_batch_size": self.local_batch_size,
             "checkpointed_blocks": sorted(self.model.checkpointed),
             "resumed_from": self.cfg.resume,
+            "initial_weights": self.initial_weights,
             "changes_at_resume": self.resume_changes,
         }
 

@@ -138,3 +138,30 @@ def test_junk_and_foreign_dicts_are_named(tmp_path) -> None:
     torch.save({"weights": {"a": torch.zeros(1)}, "epoch": 3}, other)
     with pytest.raises(CheckpointError, match="match no known layout"):
         read_model_weights(other)
+
+
+def test_train_init_from_starts_from_the_file_s_weights(tmp_path) -> None:
+    from dit_repro.train import Trainer
+
+    pixel_args = {"input_size": 8, "in_channels": 1, "num_classes": 10, "learn_sigma": True}
+    source = perturb_(build_model("DiT-S/2", **pixel_args), seed=3)
+    bare = tmp_path / "start.pt"
+    torch.save(source.state_dict(), bare)
+    trainer = Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, steps=0, device="cpu", init_from=str(bare)))
+    expected = source.state_dict()
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert torch.equal(trainer.ema.module.state_dict()["pos_embed"], expected["pos_embed"])  # EMA starts there too
+    assert trainer.run_record()["initial_weights"]["layout"] == "bare-state-dict"
+
+
+def test_train_init_from_refuses_another_shape_naming_both(tmp_path) -> None:
+    from dit_repro.train import Trainer
+
+    other = build_model("DiT-S/2", input_size=8, in_channels=1, num_classes=5)
+    path = tmp_path / "five-classes.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(ConfigError, match="'num_classes': 5.*'num_classes': 10"):
+        Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, steps=0, device="cpu", init_from=str(path)))
+    with pytest.raises(ConfigError, match="give one of them"):
+        TrainConfig(init_from=str(path), resume=str(path))

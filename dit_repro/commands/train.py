@@ -151,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="checkpoint to resume from (only steps, logging, checkpointing, --out, workers, --strict and "
                              "device may differ from its settings)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="start from these weights (a dit-repro, DiT or fast-DiT checkpoint, or DiT's released "
+                             "state dict; EMA weights where present) with a fresh optimizer; not with --resume")
     parser.add_argument("--strict-fp32-encode", action="store_true",
                         help="--features live: encode with TF32 forbidden (default: the encode follows --precision's "
                              "TF32 flags, as DiT's train.py; the latent cache is always extracted in strict fp32)")
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir, vae=args.vae, global_batch_size=args.global_batch_size, steps=args.steps,
             lr=args.lr, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, seed=args.seed,
             device=args.device, num_workers=args.num_workers, out_dir=args.out_dir, log_every=args.log_every,
-            save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
+            save_every=args.save_every, resume=args.resume, init_from=args.init_from, overwrite=args.overwrite,
             strict_fp32_encode=args.strict_fp32_encode, strict_images=args.strict_images,
             switches=switches_from_args(args),
         )
