@@ -171,12 +171,14 @@ class Trainer:
         optimizer and EMA (``build_s``): the fixed cost of a run before its first step."""
         check_run_folder(cfg)
         self.device = resolve_device(cfg.device)
-        self.process = self._join_processes()
-        if cfg.global_batch_size % self.process.world_size:
+        # Checked from the launcher's WORLD_SIZE before joining: a bad batch fails at once, in every process.
+        launched = launched_process().world_size if switches.distributed is Distributed.DDP else 1
+        if cfg.global_batch_size % launched:
             raise ConfigError(
-                f"global_batch_size {cfg.global_batch_size} is not divisible by the {self.process.world_size} processes; "
-                f"use a multiple of {self.process.world_size}"
+                f"global_batch_size {cfg.global_batch_size} is not divisible by the {launched} processes; "
+                f"use a multiple of {launched}"
             )
+        self.process = self._join_processes()
         self.local_batch_size = cfg.global_batch_size // self.process.world_size
         seed_everything(cfg.seed + self.process.rank)
 

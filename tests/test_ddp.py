@@ -55,11 +55,15 @@ def test_two_gloo_processes_follow_one_process_curve(torchrun_run) -> None:
         assert abs(one - two) <= RELATIVE_TOLERANCE * abs(one)
 
 
-@pytest.mark.slow
-def test_batch_not_divisible_by_process_count_is_refused(tmp_path) -> None:
-    proc = torchrun(tmp_path, "--batch-size", "7")
-    assert proc.returncode != 0
-    assert "global_batch_size 7 is not divisible by the 2 processes" in proc.stderr
+def test_batch_not_divisible_by_process_count_is_refused_before_joining(monkeypatch) -> None:
+    """What each of two launched processes sees: WORLD_SIZE=2 and a batch of 7, refused before any process group."""
+    from dit_repro.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="global_batch_size 7 is not divisible by the 2 processes"):
+        Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, global_batch_size=7, steps=0, device="cpu",
+                            switches=Switches(distributed="ddp")))
 
 
 @pytest.mark.slow
