@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from .atomic import write_json_atomic
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model_weights import load_initial_weights
 from .config import (
     ConfigError,
     Distributed,
@@ -43,6 +42,7 @@ from .data import FeatureSource, build_feature_source
 from .diffusion import create_diffusion
 from .distributed import ProcessInfo, init_process_group, launched_process, mean_over_processes
 from .envinfo import environment_fingerprint
+from .model_weights import load_initial_weights
 from .models import build_model
 from .switches import apply_attention, apply_switches, diffusion_loss, resolve_device
 

@@ -18,7 +18,6 @@ from dit_repro.fid.protocols import PROTOCOLS
 from dit_repro.models import build_model
 from tests.helpers import perturb_
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -216,7 +216,7 @@ def test_extraction_refuses_a_non_empty_folder_that_is_not_a_cache(tmp_path):
         build_cache(tmp_path / "cache")
 
 
-def test_unreadable_images_are_skipped_and_listed_with_their_reason(tmp_path):
+def test_unreadable_images_are_left_out_before_encoding_and_listed_with_their_reason(tmp_path, capsys):
     root = write_image_folder(tmp_path / "images", {"a": 3, "b": 3})
     (root / "a" / "img_001.png").write_bytes(b"definitely not a png")
     good = (root / "b" / "img_002.png").read_bytes()
@@ -224,12 +224,18 @@ def test_unreadable_images_are_skipped_and_listed_with_their_reason(tmp_path):
     report = build_cache(tmp_path / "cache", data=str(root), shard_size=2)
     assert report.complete and (report.images_encoded, report.images_skipped) == (4, 2)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    skipped = {entry["index"]: entry for entry in manifest["skipped"]}
-    assert sorted(skipped) == [1, 5] and manifest["num_latents"] == 4
-    assert skipped[1]["file"].endswith("a/img_001.png") and "UnidentifiedImageError" in skipped[1]["reason"]
-    assert skipped[5]["file"].endswith("b/img_002.png") and skipped[5]["reason"]
+    skipped = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
+    assert sorted(skipped) == ["a/img_001.png", "b/img_002.png"] and manifest["num_latents"] == 4
+    assert "UnidentifiedImageError" in skipped["a/img_001.png"] and "truncated" in skipped["b/img_002.png"]
+    # The scan ran first: the dataset serves the four readable files, with their own labels, in
+    # two full shards, and its hash covers exactly those.
+    assert manifest["dataset"]["files"] == ["a/img_000.png", "a/img_002.png", "b/img_000.png", "b/img_001.png"]
+    assert manifest["dataset"]["unreadable"] == manifest["skipped"] and manifest["num_items"] == 4
+    assert [(s["start"], s["end"], s["count"]) for s in manifest["shards"]] == [(0, 2, 2), (2, 4, 2)]
     cache = LatentCache.open(tmp_path / "cache")
-    assert len(cache) == 4 and [cache.row(r)[3] for r in range(4)] == [0, 2, 3, 4]
+    assert [cache.row(r)[2:] for r in range(4)] == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    warning = capsys.readouterr().err
+    assert "warning: left out 2 unreadable image(s)" in warning and "a/img_001.png" in warning
 
 
 @pytest.mark.parametrize("damage", ["truncate", "modify", "delete"])

@@ -5,12 +5,18 @@ belongs to rank ``k % world_size``. A shard file and then its record are each wr
 atomically, and a shard counts as done only when its record exists and the file has the
 recorded size, so a run killed at any point resumes without duplicates or gaps, with any
 world size. Whichever process finishes last (it sees every record) writes the complete manifest.
+
+Before any work the output folder is checked (:func:`check_cache_folder`: a folder that can be
+written, new, empty or a cache of the same configuration) and the images are scanned once for
+unreadable files (:func:`dit_repro.data.scan.check_images`), which are left out of the dataset,
+so that shard ``k`` always holds the same images, and listed in the manifest (``skipped``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ from dit_repro.data.manifest import (
     shard_ranges,
     shard_stem,
 )
+from dit_repro.data.scan import check_images, recorded_unreadable
 from dit_repro.data.vae import VAEHandle
 
 
@@ -55,7 +62,7 @@ class ExtractionReport:
     images_encoded: int
     """Images encoded by this run (each in both orientations)."""
     images_skipped: int
-    """Unreadable images met by this run (listed in the manifest)."""
+    """Unreadable images of the dataset, left out (listed in the manifest)."""
     seconds: float
     """Wall time of the encoding loop."""
     complete: bool
@@ -92,14 +99,26 @@ def extract_latent_cache(
     num_workers: int = 0,
     max_shards: int | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> ExtractionReport:
     """Encode this rank's missing shards of ``images`` into ``out_dir``; finish the manifest if all exist.
 
     ``max_shards`` stops after that many new shards (for jobs with a time limit; run again to
-    continue). Unreadable images are skipped and listed, with the reason, in the manifest.
+    continue). Unreadable images are found by one scan before any work (reused from the
+    manifest when a partial cache of the same files is resumed), left out and listed, with the
+    reason, in the manifest; ``strict`` refuses them instead, before anything is written. The
+    scan runs ``max(1, num_workers)`` threads.
     """
     _check_arguments(images, vae, batch_size, shard_size, rank, world_size, max_shards)
     out = Path(out_dir)
+    # Everything but the dataset can be compared before the scan, the expensive part of the checks.
+    partial = cache_spec(images, vae, shard_size).to_json()
+    partial.pop("dataset")
+    recorded = check_cache_folder(out, partial)
+    known = None if recorded is None else recorded_unreadable(recorded["dataset"], images.fingerprint())
+    unreadable = check_images(
+        images, strict=strict, workers=max(1, num_workers), progress=progress, known=known
+    )
     spec = cache_spec(images, vae, shard_size)
     _open_for_writing(out, spec)
     ranges = shard_ranges(len(images), shard_size)
@@ -111,7 +130,7 @@ def extract_latent_cache(
     for start, end in pending:
         _remove_stale_temporaries(out, shard_stem(start, end))
 
-    encoded = skipped = 0
+    encoded = 0
     started = time.perf_counter()
     with tqdm(
         total=sum(end - start for start, end in pending),
@@ -120,9 +139,7 @@ def extract_latent_cache(
         disable=not progress,
     ) as bar:
         for start, end in pending:
-            count, shard_skipped = _write_shard(out, images, vae, start, end, batch_size, num_workers, bar)
-            encoded += count
-            skipped += len(shard_skipped)
+            encoded += _write_shard(out, images, vae, start, end, batch_size, num_workers, bar)
     seconds = time.perf_counter() - started
     complete = finalize_if_complete(out, spec, ranges)
     return ExtractionReport(
@@ -133,7 +150,7 @@ def extract_latent_cache(
         shards_written=len(pending),
         shards_already_done=done_before,
         images_encoded=encoded,
-        images_skipped=skipped,
+        images_skipped=len(unreadable),
         seconds=seconds,
         complete=complete,
     )
@@ -149,7 +166,9 @@ def finalize_if_complete(out: Path, spec: CacheSpec, ranges: list[tuple[int, int
     manifest = manifest_header(spec)
     manifest["complete"] = True
     manifest["shards"] = [{key: value for key, value in r.items() if key != "skipped"} for r in records]
-    manifest["skipped"] = [item for r in records for item in r["skipped"]]
+    # Shard records list no skipped images since the scan runs first; caches resumed from older
+    # versions may still have some.
+    manifest["skipped"] = manifest["skipped"] + [item for r in records for item in r["skipped"]]
     manifest["num_latents"] = sum(r["count"] for r in records)
     write_json_atomic(out / MANIFEST_NAME, manifest)
     return True
@@ -176,25 +195,60 @@ def _check_arguments(
         )
 
 
-def _open_for_writing(out: Path, spec: CacheSpec) -> None:
-    """Create the folder and the header manifest, or check that an existing cache has the same spec."""
-    out.mkdir(parents=True, exist_ok=True)
+def check_cache_folder(out: str | Path, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Check, writing nothing, that ``out`` can receive a cache; return its manifest if it holds one.
+
+    ``out`` must be a new folder that can be created, an empty folder, or a cache (complete or
+    not) whose spec matches ``expected`` (a subset of :class:`CacheSpec` fields, as
+    :func:`~dit_repro.data.manifest.check_compatible` takes); the folder (or the nearest existing
+    one above it) must be writable. Raises :class:`CacheError` naming ``--out`` and what would be right.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out} is a file, not a folder; name a new or empty folder, or a cache to resume")
+    nearest = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not nearest.is_dir():
+        raise CacheError(f"--out {out}: {nearest} is a file, not a folder; name a folder you can write to")
+    _check_writable(out, nearest)
+    if not out.is_dir():
+        return None
     if (out / MANIFEST_NAME).exists():
-        recorded = CacheSpec.from_manifest(read_manifest(out))
-        check_compatible(
-            out,
-            recorded,
-            spec.to_json(),
-            remedy=f"Extract into another folder, or delete {out} to rebuild it with this configuration.",
-        )
-        return
+        manifest = read_manifest(out)
+        if expected:
+            check_compatible(
+                out,
+                CacheSpec.from_manifest(manifest),
+                expected,
+                remedy=f"Extract into another --out, or delete {out} to rebuild it with this configuration.",
+            )
+        return manifest
     # Temporaries of a concurrent rank that is writing the header are not content.
     others = sorted(p.name for p in out.iterdir() if not p.name.startswith(TMP_PREFIX))
     if others:
         raise CacheError(
-            f"{out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and holds no "
-            f"{MANIFEST_NAME}; extract into an empty or new folder"
+            f"--out {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and holds no "
+            f"{MANIFEST_NAME}, so it is not a cache to resume; extract into an empty or new folder"
         )
+    return None
+
+
+def _check_writable(out: Path, nearest: Path) -> None:
+    """Prove with a temporary file (removed at once) that ``nearest`` accepts new entries; os.access
+    says yes to root even on a read-only file system."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=nearest, prefix=f"{TMP_PREFIX}write-check-"):
+            pass
+    except OSError as exc:
+        raise CacheError(
+            f"--out {out}: cannot write in {nearest} ({exc.strerror or exc}); name a folder you can write to"
+        ) from None
+
+
+def _open_for_writing(out: Path, spec: CacheSpec) -> None:
+    """Create the folder and the header manifest, or check that an existing cache has the same spec."""
+    if check_cache_folder(out, spec.to_json()) is not None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
     # Every rank writes the same header (no timestamps, no rank), so concurrent writes agree.
     write_json_atomic(out / MANIFEST_NAME, manifest_header(spec))
 
@@ -223,7 +277,7 @@ def _remove_stale_temporaries(out: Path, stem: str) -> None:
 
 
 class _ShardImages(Dataset):
-    """Images [start, end) of a source as (index, image, None), or (index, None, skip entry) if unreadable."""
+    """Images [start, end) of a source as (index, image, None), or (index, None, reason) if unreadable."""
 
     def __init__(self, images: ImageSource, start: int, end: int) -> None:
         self.images, self.start, self.end = images, start, end
@@ -236,8 +290,9 @@ class _ShardImages(Dataset):
         try:
             return index, self.images.load(index), None
         except UnreadableImageError as exc:
-            # A plain dict, not the exception, crosses the worker boundary.
-            return index, None, {"index": index, "file": exc.path, "reason": exc.reason}
+            # A plain string, not the exception, crosses the worker boundary (DataLoader would wrap
+            # the exception in a traceback).
+            return index, None, str(exc)
 
 
 def _as_list(items: list[Any]) -> list[Any]:
@@ -253,15 +308,20 @@ def _write_shard(
     batch_size: int,
     num_workers: int,
     bar: tqdm,
-) -> tuple[int, list[dict[str, Any]]]:
-    """Encode images [start, end) in both orientations and write the shard and its record."""
+) -> int:
+    """Encode images [start, end) in both orientations, write the shard and its record; return the count."""
     loader = DataLoader(
         _ShardImages(images, start, end), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
     )
-    means, logvars, indices, skipped = [], [], [], []
+    means, logvars, indices = [], [], []
     for batch in loader:
-        ok = [(index, image) for index, image, _ in batch if image is not None]
-        skipped += [entry for _, image, entry in batch if image is None]
+        failed = [reason for _, image, reason in batch if image is None]
+        if failed:
+            # The scan read this file before the work started: it changed since. Stop with nothing of
+            # this shard written; a re-run resumes here once the file is repaired.
+            raise CacheError(f"{failed[0]}; the scan before extraction read this file, so it changed since: repair "
+                             "it and run the same command again to resume")
+        ok = [(index, image) for index, image, _ in batch]
         if ok:
             x = torch.stack([image for _, image in ok])
             mean, logvar = vae.encode_moments(torch.cat([x, x.flip(-1)]))
@@ -291,7 +351,8 @@ def _write_shard(
         "count": len(indices),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        "skipped": skipped,
+        # Kept for the record format: the scan leaves unreadable images out before any shard is encoded.
+        "skipped": [],
     }
     write_json_atomic(out / f"{stem}.json", record)
-    return len(indices), skipped
+    return len(indices)

@@ -11,7 +11,9 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import to_tensor
 
-from dit_repro.data.imagesource import DatasetError, ImageSource, UnreadableImageError, canonical_sha256
+from dit_repro.data.decode import decode_image
+from dit_repro.data.imagesource import DatasetError, ImageSource, canonical_sha256
+from dit_repro.data.scan import scan_files
 
 CROP_METHOD = "adm-center-crop"
 """Name recorded in cache manifests for :func:`center_crop_arr`."""
@@ -40,7 +42,8 @@ class ImageFolderImages(ImageSource):
     """``root/<class>/**/<image>``: labels from the sorted class folder names, files sorted per class.
 
     Files and labels come from one sorted list of (label, relative path) pairs, so the two can
-    never be ordered differently.
+    never be ordered differently. :meth:`leave_out` removes unreadable files from both lists at
+    once, so every served file keeps its label.
     """
 
     kind = "imagefolder"
@@ -50,8 +53,6 @@ class ImageFolderImages(ImageSource):
         self.root = Path(root).expanduser()
         """The dataset folder."""
         self.classes, self.files, self.labels = _list_images(self.root)
-        # Grey images are decoded as L, colour ones as RGB; either way the file decides nothing.
-        self._mode = "RGB" if channels == 3 else "L"
 
     def __len__(self) -> int:
         """Number of image files found."""
@@ -72,22 +73,34 @@ class ImageFolderImages(ImageSource):
         return self.labels[index]
 
     def load(self, index: int) -> torch.Tensor:
-        """Decode, centre-crop and scale file ``index`` to [-1, 1]."""
-        path = self.root / self.files[index]
-        try:
-            with Image.open(path) as image:
-                # convert() forces the full decode, so truncated files fail here and not later.
-                image = image.convert(self._mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
+        """Decode (8-bit, every mode with its real range), centre-crop and scale file ``index`` to [-1, 1]."""
+        # The file decides nothing: grey files become RGB and colour ones L as ``channels`` asks.
+        image = decode_image(self.root / self.files[index], self.channels)
         tensor = to_tensor(center_crop_arr(image, self.image_size))
         # The Normalize(0.5, 0.5) of DiT's transform, written out.
         return (tensor - 0.5) / 0.5
 
+    def scan(self, workers: int = 1, progress: bool = False, part: tuple[int, int] = (0, 1)) -> list[dict[str, str]]:
+        """Decode every ``part[1]``-th file from the ``part[0]``-th once; ``{"file", "reason"}`` for the unreadable."""
+        rank, world_size = part
+        return scan_files(self.root, self.files[rank::world_size], self.channels, workers=workers, progress=progress)
+
+    def leave_out(self, unreadable: list[dict[str, str]]) -> None:
+        """Drop the files of ``unreadable`` with their labels; the dropped ones (of this folder) are recorded."""
+        names, listed = {entry["file"] for entry in unreadable}, set(self.files)
+        kept = [(path, label) for path, label in zip(self.files, self.labels, strict=True) if path not in names]
+        self.unreadable = [entry for entry in unreadable if entry["file"] in listed]
+        self.files = [path for path, _ in kept]
+        self.labels = [label for _, label in kept]
+
     def fingerprint(self) -> dict[str, Any]:
-        """Class names, the sorted relative file list and their hash (file contents are not read)."""
+        """Class names, the sorted relative list of the files served and their hash (contents are not read).
+
+        Once checked, the unreadable files left out are listed beside it (``unreadable``); the hash
+        covers what is served, so a cache built without a file never passes for one built with it.
+        """
         listing = {"classes": self.classes, "files": self.files}
-        return {
+        fingerprint = {
             "kind": self.kind,
             "root": str(self.root),
             "num_items": len(self.files),
@@ -96,6 +109,9 @@ class ImageFolderImages(ImageSource):
             "files": self.files,
             "sha256": canonical_sha256(listing),
         }
+        if self.unreadable is not None:
+            fingerprint["unreadable"] = self.unreadable
+        return fingerprint
 
 
 def _list_images(root: Path) -> tuple[list[str], list[str], list[int]]:

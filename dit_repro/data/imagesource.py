@@ -18,7 +18,7 @@ class DatasetError(ConfigError):
 
 
 class UnreadableImageError(ValueError):
-    """One image file that cannot be decoded; extraction skips it and records the reason."""
+    """One image file that cannot be decoded, or whose mode has no defined conversion (see :mod:`dit_repro.data.decode`)."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"cannot read image {path}: {reason}")
@@ -53,6 +53,9 @@ class ImageSource(ABC):
         """Side length of every image in pixels."""
         self.channels = channels
         """Channels of every image: 1 or 3."""
+        self.unreadable: list[dict[str, str]] | None = None
+        """Files left out as unreadable (``{"file", "reason"}``) once checked by
+        :func:`dit_repro.data.scan.check_images`; None before."""
 
     @abstractmethod
     def __len__(self) -> int:
@@ -78,6 +81,19 @@ class ImageSource(ABC):
 
         Raises :class:`UnreadableImageError` when the file cannot be decoded.
         """
+
+    def scan(self, workers: int = 1, progress: bool = False, part: tuple[int, int] = (0, 1)) -> list[dict[str, str]]:
+        """Decode share ``part = (k, n)`` (every n-th image from the k-th) once; the unreadable ones.
+
+        Generated images (digits, synthetic) have no files and nothing to scan.
+        """
+        return []
+
+    def leave_out(self, unreadable: list[dict[str, str]]) -> None:
+        """Serve only the images not in ``unreadable`` (from :meth:`scan`), and record them."""
+        if unreadable:
+            raise DatasetError(f"{self.kind} images are generated, not read from files: there is nothing to leave out")
+        self.unreadable = []
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Layout of a cache folder::
 
     manifest.json                           what the cache was built from, every shard's sha256
     shard-000000000-000001024.safetensors   moments of images [0, 1024)
-    shard-000000000-000001024.json          that shard's record (size, sha256, skipped images)
+    shard-000000000-000001024.json          that shard's record (size, sha256)
 
 Shards are named by the global index range they cover, so any number of processes can write
 into one folder without collisions, and a resumed run (with any world size) finds the same
@@ -62,7 +62,8 @@ class CacheSpec:
     latent_shape: tuple[int, int, int]
     """(channels, side, side) of one latent."""
     dataset: dict[str, Any]
-    """Dataset fingerprint (``sha256`` identifies it; for folders it also lists the sorted files)."""
+    """Dataset fingerprint (``sha256`` identifies it; for folders it also lists the sorted files served and,
+    beside them, the ``unreadable`` ones the scan left out)."""
     shard_size: int
     """Images per shard (fixes the shard names, so a resume must use the same value)."""
     dtype: str = "float32"
@@ -128,7 +129,8 @@ def manifest_header(spec: CacheSpec) -> dict[str, Any]:
         "num_items": spec.dataset["num_items"],
         "num_classes": spec.dataset["num_classes"],
         "shards": [],
-        "skipped": [],
+        # The images the scan left out, known before any shard is written.
+        "skipped": list(spec.dataset.get("unreadable", [])),
         "num_latents": 0,
     }
 

@@ -19,6 +19,8 @@ from dit_repro.config import ConfigError, Features, TrainConfig
 from dit_repro.data.images import AugmentedImageDataset, build_image_source
 from dit_repro.data.imagesource import ImageSource
 from dit_repro.data.latents import LatentCache, LatentDataset
+from dit_repro.data.manifest import read_manifest
+from dit_repro.data.scan import UnreadableImagesError, check_images, describe_unreadable
 from dit_repro.data.vae import SD_SCALE_FACTOR, VAEHandle, load_vae, scaled_posterior_sample
 
 
@@ -136,7 +138,10 @@ def build_feature_source(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -
     """The source ``cfg.switches.features`` asks for, checked against ``cfg`` before any training.
 
     Every process builds the same source (the data draws use the global ``cfg.seed``, not a
-    per-rank seed); ``rank`` only decides which process shows the cache verification bar.
+    per-rank seed); ``rank`` only decides which process shows the progress bars and warnings.
+    An image folder is scanned for unreadable images first (:func:`dit_repro.data.scan.check_images`;
+    under DDP each process scans its share), which are left out, or refused with
+    ``cfg.strict_images``; with features=cached the cache's record of them is used instead.
     features=cached checks the cache's manifest against ``cfg`` (image size, crop, dataset
     and, when ``cfg.vae`` is set, the VAE; the scale factor against that VAE's or the SD
     VAE's 0.18215) and every shard's sha256, and raises before training starts on any mismatch.
@@ -144,13 +149,17 @@ def build_feature_source(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     features = cfg.switches.features
+    main = rank == 0
     if features is Features.PIXELS:
         images = build_image_source(cfg.data, cfg.image_size)
+        _check(images, cfg, main)
         return PixelSource(images, cfg.seed, _num_classes(cfg, images.num_classes))
     images = build_image_source(cfg.data, cfg.image_size, channels=3)
     if features is Features.LIVE:
+        _check(images, cfg, main)
         vae = load_vae(cfg.vae, "cpu")
         return LiveLatentSource(images, vae, cfg.seed, _num_classes(cfg, images.num_classes), cfg.strict_fp32_encode)
+    _apply_cache_record(images, cfg, main)
     expected: dict[str, Any] = {
         "image_size": cfg.image_size,
         "crop": images.crop,
@@ -163,6 +172,27 @@ def build_feature_source(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -
         expected["scale_factor"] = SD_SCALE_FACTOR
     cache = LatentCache.open(cfg.cache_dir, expected=expected, verify=True, progress=rank == 0)
     return CachedLatentSource(cache, cfg.seed, _num_classes(cfg, cache.num_classes))
+
+
+def _check(images: ImageSource, cfg: TrainConfig, main: bool) -> None:
+    """The scan for unreadable images, with the run's strictness and its decoding workers as threads."""
+    check_images(images, strict=cfg.strict_images, workers=max(1, cfg.num_workers), progress=main, announce=main)
+
+
+def _apply_cache_record(images: ImageSource, cfg: TrainConfig, main: bool) -> None:
+    """Leave out what the cache's extraction left out (no scan: the cache holds the decoded images).
+
+    The dataset's hash covers the files served, so the cache is compared with the same files it
+    was built from. ``cfg.strict_images`` refuses a cache that was built without some images.
+    """
+    skipped = [{"file": entry["file"], "reason": entry["reason"]} for entry in read_manifest(cfg.cache_dir)["skipped"]]
+    if skipped and cfg.strict_images:
+        raise UnreadableImagesError(
+            f"--strict: the latent cache {cfg.cache_dir} was extracted without {len(skipped)} unreadable image(s): "
+            f"{describe_unreadable(skipped, 10)}. Repair them and extract a new cache, or leave out --strict",
+            skipped,
+        )
+    check_images(images, known=skipped, announce=main)
 
 
 def _num_classes(cfg: TrainConfig, dataset_classes: int) -> int:
