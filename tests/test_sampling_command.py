@@ -43,3 +43,13 @@ def test_bad_count_exits_2(tmp_path, capsys) -> None:
         main(argv)
     assert exited.value.code == 2
     assert "argument --num/--num-samples: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_dit_sample_ddp_spellings_are_accepted() -> None:
+    from dit_repro.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["sample", "--checkpoint", "c.pt", "--out", "o", "--num-fid-samples", "50000", "--per-proc-batch-size", "64",
+         "--num-sampling-steps", "250", "--global-seed", "3", "--cfg-scale", "1.5"]
+    )
+    assert (args.num, args.batch_size, args.steps, args.seed, args.cfg_scale) == (50000, 64, 250, 3, 1.5)

@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "So runs are reproducible image by image, can be split over processes (torchrun sets RANK/WORLD_SIZE, "
             "or pass --rank/--world-size; process r makes indices r, r+W, ...) and extended from N to M by "
             "re-running with a larger --num: existing images are kept. Latent models decode with the VAE of "
-            "the checkpoint's config; pixel models map [-1, 1] to 0..255."
+            "the checkpoint's config; pixel models map [-1, 1] to 0..255. DiT's sample_ddp.py spellings are "
+            "accepted too (--num-fid-samples, --per-proc-batch-size, --num-sampling-steps, --global-seed, "
+            "--cfg-scale); `dit-repro fid-protocol dit` runs DiT's whole FID-50K protocol."
         ),
     )
     parser.add_argument(
@@ -57,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--num",
         "--num-samples",
+        "--num-fid-samples",
         dest="num",
         type=at_least(1),
         required=True,
@@ -64,12 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parser takes --num for an abbreviation of its own --numa-binding",
     )
     parser.add_argument("--out", required=True, help="output folder (new, or one made by the same settings)")
-    parser.add_argument("--seed", type=at_least(0), default=0, help="base seed: image i uses seed + i; default 0")
+    parser.add_argument("--seed", "--global-seed", dest="seed", type=at_least(0), default=0,
+                        help="base seed: image i uses seed + i; default 0")
     parser.add_argument(
         "--sampler", default="ddpm", choices=SAMPLERS, help="ddpm (ancestral) or ddim; default ddpm"
     )
     parser.add_argument(
         "--steps",
+        "--num-sampling-steps",
+        dest="steps",
         type=at_least(1),
         default=DEFAULT_SAMPLING_STEPS,
         help=f"sampling steps, respaced from the 1000 training steps; default {DEFAULT_SAMPLING_STEPS} (DiT's FID protocol)",
@@ -111,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=[p.value for p in Precision],
         help="fp32, tf32, fp16 or bf16 (autocast) for the model; the VAE decodes in fp32; default fp32",
     )
-    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward; default 32")
+    parser.add_argument("--batch-size", "--per-proc-batch-size", dest="batch_size", type=at_least(1), default=32,
+                        help="images per forward in each process; default 32")
     parser.add_argument(
         "--format", default="png", choices=FORMATS, help="png, or npz (PNGs plus the ADM .npz)"
     )
