@@ -42,7 +42,7 @@ def test_bad_count_exits_2(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exited:  # refused by the parser, naming the flag
         main(argv)
     assert exited.value.code == 2
-    assert "argument --num/--num-samples: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert "argument --num/--num-samples/--num-fid-samples: must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_dit_sample_ddp_spellings_are_accepted() -> None:
