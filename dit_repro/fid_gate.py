@@ -34,7 +34,7 @@ from typing import Any
 import scipy.stats
 
 from dit_repro.atomic import write_json_atomic
-from dit_repro.fid.evaluate import FIDResult, NotComparableError, ensure_comparable
+from dit_repro.fid.evaluate import FIDResult, NotComparableError, ensure_comparable, refuse_json_constant
 
 BASELINE_FORMAT = "dit-repro-fid-baseline"
 """Value of the ``format`` field that identifies a baseline file."""
@@ -185,7 +185,7 @@ def check_against_baseline(results: list[FIDResult], baseline: dict[str, Any]) -
     notes = []
     if new_mean < mean - k * std:
         notes.append("better than the baseline beyond its spread: consider recording a new baseline")
-    baseline_hashes = {run["checkpoint_sha256"] for run in baseline["runs"]}
+    baseline_hashes = {run.get("checkpoint_sha256") for run in baseline["runs"]}
     for result in results:
         digest = _checkpoint_hash(result)
         if digest not in baseline_hashes:
@@ -206,27 +206,90 @@ def check_against_baseline(results: list[FIDResult], baseline: dict[str, Any]) -
 
 
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a baseline file."""
-    baseline = json.loads(Path(path).read_text(encoding="utf-8"))
-    _validate_baseline(baseline)
+    """Read and validate a baseline file; every problem is a BaselineError naming the file and the field."""
+    path = Path(path)
+    try:
+        baseline = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_json_constant)
+    except FileNotFoundError:
+        raise BaselineError(f"--baseline {path} does not exist; record one with dit-repro fid --record") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"--baseline {path} cannot be read ({exc})") from None
+    except ValueError as exc:  # JSONDecodeError, and NaN/Infinity (not JSON)
+        raise BaselineError(f"--baseline {path} is not valid JSON ({exc})") from None
+    try:
+        _validate_baseline(baseline)
+    except BaselineError as exc:
+        raise BaselineError(f"--baseline {path}: {exc}") from None
     return baseline
 
 
-def _validate_baseline(baseline: dict[str, Any]) -> None:
-    if baseline.get("format") != BASELINE_FORMAT or baseline.get("version") != BASELINE_VERSION:
+def _validate_baseline(baseline: Any) -> None:
+    """Refuse a baseline whose fields the check reads are missing or of the wrong type."""
+    if not isinstance(baseline, dict) or baseline.get("format") != BASELINE_FORMAT or baseline.get("version") != BASELINE_VERSION:
+        found = baseline if not isinstance(baseline, dict) else (baseline.get("format"), baseline.get("version"))
         raise BaselineError(
-            f"not a FID baseline (format {baseline.get('format')!r} version {baseline.get('version')!r}; "
-            f"expected {BASELINE_FORMAT!r} version {BASELINE_VERSION}); record one with dit-repro fid --record"
+            f"not a FID baseline (found {found!r}; expected format {BASELINE_FORMAT!r} version {BASELINE_VERSION}); "
+            "record one with dit-repro fid --record"
         )
-    if len(baseline.get("runs", ())) < MIN_SEEDS:
-        raise BaselineError(
-            f"the baseline holds {len(baseline.get('runs', ()))} runs; at least {MIN_SEEDS} are needed"
-        )
+    _require(baseline, "metric", str)
+    _require(baseline, "extractor", str)
+    _require(baseline, "reference", str)
+    _require_count(baseline, "num_samples", minimum=1)
+    _require_count(baseline, "reference_num_samples", minimum=1, optional=True)
+    _require(baseline, "sampling", dict, optional=True)
+    rate = _require_number(baseline, "false_failure_rate")
+    if not 0.0 < rate < 0.5:
+        raise BaselineError(f"false_failure_rate must be in (0, 0.5), got {rate}")
+    runs = baseline.get("runs")
+    if not isinstance(runs, list) or len(runs) < MIN_SEEDS:
+        count = len(runs) if isinstance(runs, list) else 0
+        raise BaselineError(f"the baseline holds {count} runs; at least {MIN_SEEDS} are needed")
+    for index, run in enumerate(runs):
+        where = f"runs[{index}]"
+        if not isinstance(run, dict):
+            raise BaselineError(f"{where} must be an object with seed, value, checkpoint_sha256 and samples")
+        _require_count(run, "seed", minimum=0, where=where)
+        _require_number(run, "value", where=where)
+        _require(run, "checkpoint_sha256", str, optional=True, where=where)
+        _require(run, "samples", str, where=where)
+
+
+def _require(record: dict[str, Any], key: str, kind: type, *, optional: bool = False, where: str = "") -> Any:
+    """``record[key]``, which must be a ``kind`` (or absent/null when ``optional``)."""
+    value = record.get(key)
+    if (value is None and optional) or isinstance(value, kind):
+        return value
+    name = f"{where}.{key}" if where else key
+    raise BaselineError(f"{name} must be {'null or ' if optional else ''}a JSON {_JSON_TYPES[kind]}, got {value!r}")
+
+
+def _require_count(record: dict[str, Any], key: str, *, minimum: int, optional: bool = False, where: str = "") -> Any:
+    """``record[key]``, which must be an integer >= ``minimum`` (or absent/null when ``optional``)."""
+    value = record.get(key)
+    if value is None and optional:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        name = f"{where}.{key}" if where else key
+        raise BaselineError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _require_number(record: dict[str, Any], key: str, *, where: str = "") -> float:
+    """``record[key]``, which must be a finite number."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        name = f"{where}.{key}" if where else key
+        raise BaselineError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+_JSON_TYPES = {str: "string", dict: "object", list: "array"}
+"""JSON names of the Python types a baseline's fields are checked against."""
 
 
 def _baseline_as_result(baseline: dict[str, Any], run: dict[str, Any] | None = None) -> FIDResult:
     """The baseline's conditions as a result (one run's seed and value if ``run`` is given)."""
-    sampling = baseline["sampling"]
+    sampling = baseline.get("sampling")  # optional, as reference_num_samples: null or absent in older files
     return FIDResult(
         metric=baseline["metric"],
         value=run["value"] if run else math.nan,
@@ -234,7 +297,7 @@ def _baseline_as_result(baseline: dict[str, Any], run: dict[str, Any] | None = N
         seed=run["seed"] if run else None,
         extractor=baseline["extractor"],
         reference=baseline["reference"],
-        reference_num_samples=baseline["reference_num_samples"],
+        reference_num_samples=baseline.get("reference_num_samples"),
         samples=run["samples"] if run else "baseline",
         sampling=None if sampling is None else {"settings": sampling},
     )

@@ -99,7 +99,13 @@ def read_model_weights(
         model = model or named
         vae = vae or DIT_VAE_SPECS.get(str(args.get("vae")), DEFAULT_VAE)
         chosen = state["ema" if weights == "ema" else "model"]
-        return _foreign(chosen, path, layout, weights, model, vae, step=_step_from_name(path))
+        read = _foreign(chosen, path, layout, weights, model, vae, step=_step_from_name(path))
+        for name, from_tensors in (("image_size", read.config.image_size), ("num_classes", read.config.num_classes)):
+            if args.get(name) is not None and int(args[name]) != from_tensors:
+                raise CheckpointError(
+                    f"checkpoint {path}: args.{name} = {args[name]}, but its tensors give {from_tensors}; the file is inconsistent"
+                )
+        return read
     if weights != "ema":
         raise ConfigError(
             f"checkpoint {path} is a bare state dict: it holds one set of weights (EMA in DiT's release), "

@@ -178,3 +178,32 @@ def test_accelerate_mixed_precision_reaches_the_run_config(monkeypatch, tmp_path
     assert main(["train", "--device", "cpu", "--steps", "1", "--batch-size", "4", "--image-size", "8",
                  "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["switches"]["precision"] == "fp16"
+
+
+def test_an_output_is_proven_writable_without_creating_anything(tmp_path) -> None:
+    from dit_repro.commands.arguments import writable_target
+
+    deep = tmp_path / "a" / "b" / "results.json"
+    assert writable_target(deep, "--out") == deep
+    assert writable_target(tmp_path / "x" / "y", "--report-dir", folder=True) == tmp_path / "x" / "y"
+    assert sorted(tmp_path.iterdir()) == []  # the probe file is gone and no folder was made
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=rf"--json {blocker}/r.json: cannot write there \({blocker} is a file"):
+        writable_target(blocker / "r.json", "--json")
+    with pytest.raises(ConfigError, match="--report-dir .*: is a file, not a folder"):
+        writable_target(blocker, "--report-dir", folder=True)
+    with pytest.raises(ConfigError, match="--json .*: is a folder; name the file to write"):
+        writable_target(tmp_path, "--json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("text", ["0", "0.5", "nan", "-1", "x", "inf"])
+def test_a_number_strictly_between_refuses_the_ends_nan_and_words(text: str) -> None:
+    import argparse
+
+    from dit_repro.commands.arguments import number_between
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be a number in \(0, 0.5\)"):
+        number_between(0.0, 0.5)(text)
+    assert number_between(0.0, 0.5)("0.01") == 0.01

@@ -71,4 +71,4 @@ def test_usage_errors_exit_2(digit_sets, capsys, tmp_path) -> None:
     assert main(["fid", *samples, *proxy, "--seed", "1"]) == 2
     assert "single sample set" in capsys.readouterr().err
     assert main(["fid", str(tmp_path / "nothing"), *proxy]) == 2
-    assert "neither a folder" in capsys.readouterr().err
+    assert "nothing does not exist" in capsys.readouterr().err

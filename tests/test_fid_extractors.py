@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 
 import numpy as np
@@ -11,13 +13,16 @@ import torch_fidelity
 from sklearn.datasets import load_digits
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
+from dit_repro.fid import extractors
 from dit_repro.fid.extractors import (
     EXTRACTORS,
+    INCEPTION_WEIGHTS_SHA256,
     INCEPTION_WEIGHTS_URL,
     PROXY_REGISTRY_NAME,
     InceptionWeightsError,
     ProxyFeatureExtractor,
     UnknownExtractorError,
+    create_inception_extractor,
     extractor_spec,
     inception_cache_path,
     register_extractors,
@@ -144,15 +149,64 @@ def test_missing_inception_weights_say_where_to_put_them(tmp_path, monkeypatch) 
     # A named file that is missing is an error even when downloading is allowed.
     with pytest.raises(InceptionWeightsError, match="not found"):
         resolve_inception_weights(str(tmp_path / "absent.pth"), allow_download=True)
-    # Without a named file, allowing the download hands it to torch-fidelity.
-    assert resolve_inception_weights(None, allow_download=True) is None
-
-
-def test_wrong_inception_weights_are_refused(tmp_path) -> None:
-    impostor = tmp_path / "weights.pth"
-    torch.save({"fc.weight": torch.zeros(2, 2)}, impostor)
+    # Without a named file, allowing the download fetches it here (not in torch-fidelity), checked.
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, **_: fetched.append(url) or _fake(dst))
     with pytest.raises(InceptionWeightsError, match="not the published"):
+        resolve_inception_weights(None, allow_download=True)
+    assert fetched == [INCEPTION_WEIGHTS_URL]
+    assert os.listdir(tmp_path / "hub" / "checkpoints") == []  # a refused download is not kept
+
+
+def _fake(path: str) -> None:
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+
+
+def test_wrong_inception_weights_are_refused_by_full_hash_before_any_load(tmp_path, monkeypatch) -> None:
+    impostor = tmp_path / "pt_inception-2015-12-05-6726825d.pth"  # the right name is not enough
+    _fake(str(impostor))
+    actual = hashlib.sha256(impostor.read_bytes()).hexdigest()
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(InceptionWeightsError) as error:
         resolve_inception_weights(str(impostor))
+    message = str(error.value)
+    assert "not the published" in message and str(impostor) in message
+    assert INCEPTION_WEIGHTS_SHA256 in message and actual in message
+    assert loads == []
+
+
+def test_the_pinned_hash_is_a_full_sha256_that_begins_with_the_published_prefix() -> None:
+    prefix = torch.hub.HASH_REGEX.search(os.path.basename(INCEPTION_WEIGHTS_URL)).group(1)
+    assert len(INCEPTION_WEIGHTS_SHA256) == 64 and int(INCEPTION_WEIGHTS_SHA256, 16) >= 0
+    assert INCEPTION_WEIGHTS_SHA256.startswith(prefix)
+
+
+def test_a_weights_file_with_pickled_code_is_refused_without_torchs_advice(tmp_path) -> None:
+    unsafe = tmp_path / "weights.pth"
+    torch.save({"fc.weight": torch.zeros(2), "args": argparse.Namespace(lr=1e-4)}, unsafe)
+    with pytest.raises(InceptionWeightsError) as error:
+        create_inception_extractor(str(unsafe), cuda=False, verbose=False)
+    message = str(error.value)
+    assert "holds objects other than tensors and plain containers" in message and str(unsafe) in message
+    assert "weights_only=False" not in message and "weights_only" not in message
+
+
+def test_torch_fidelitys_own_load_runs_weights_only(tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def fake_create(*args, **kwargs):
+        seen["forced"] = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        return "extractor"
+
+    weights = tmp_path / "weights.pth"
+    _fake(str(weights))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch refuses both: lifted for the block
+    monkeypatch.setattr(extractors, "create_feature_extractor", fake_create)
+    assert create_inception_extractor(str(weights), cuda=False, verbose=False) == "extractor"
+    assert seen == {"forced": "1"}
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
 
 
 @pytest.mark.slow

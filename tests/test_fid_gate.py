@@ -123,3 +123,38 @@ def test_files_that_are_not_baselines_are_refused(tmp_path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(BaselineError, match="not a FID baseline"):
         load_baseline(tmp_path / "x.json")
+
+
+def test_a_damaged_baseline_is_refused_naming_the_file_and_the_field(tmp_path) -> None:
+    path = tmp_path / "baseline.json"
+    good = record_baseline(baseline_runs([10.0, 10.5, 9.5]), path)
+    for change, words in (
+        (lambda b: b["runs"][1].pop("value"), "runs[1].value must be a finite number, got None"),
+        (lambda b: b["runs"][0].update(seed=-3), "runs[0].seed must be an integer >= 0, got -3"),
+        (lambda b: b.update(num_samples="100"), "num_samples must be an integer >= 1, got '100'"),
+        (lambda b: b.update(false_failure_rate=0.9), "false_failure_rate must be in (0, 0.5), got 0.9"),
+        (lambda b: b.update(runs={"a": 1}), "the baseline holds 0 runs"),
+        (lambda b: b.update(sampling=[1]), "sampling must be null or a JSON object, got [1]"),
+    ):
+        damaged = json.loads(json.dumps(good))
+        change(damaged)
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(BaselineError) as error:
+            load_baseline(path)
+        assert str(error.value).startswith(f"--baseline {path}: ") and words in str(error.value), str(error.value)
+
+
+def test_baseline_files_that_are_not_json_or_hold_nan_are_refused_in_words(tmp_path) -> None:
+    path = tmp_path / "baseline.json"
+    good = record_baseline(baseline_runs([10.0, 10.5, 9.5]), path)
+    path.write_text(json.dumps(good).replace('"value": 10.5', '"value": NaN'))
+    with pytest.raises(BaselineError, match="is not valid JSON .*NaN is not a JSON number"):
+        load_baseline(path)
+    path.write_text("[")
+    with pytest.raises(BaselineError, match="is not valid JSON"):
+        load_baseline(path)
+    with pytest.raises(BaselineError, match="does not exist; record one with dit-repro fid --record"):
+        load_baseline(tmp_path / "absent.json")
+    path.write_text("[1, 2]")
+    with pytest.raises(BaselineError, match=r"not a FID baseline \(found \[1, 2\]"):
+        load_baseline(path)

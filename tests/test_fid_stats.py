@@ -130,3 +130,84 @@ def test_fid_of_samples_reports_count_seed_and_label(tmp_path, grey_images) -> N
     assert (smaller.num_samples, smaller.seed) == (100, 3)
     with pytest.raises(NotComparableError, match="sample counts differ"):
         ensure_comparable(result, smaller)
+
+
+def test_a_file_that_is_not_an_npz_archive_is_named_as_such_not_as_pickled_data(tmp_path, grey_images) -> None:
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not an archive")
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:
+        np.save(handle, grey_images)  # an .npy under an .npz name
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, arr_0=grey_images)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    for path, words in ((junk, "is not an .npz archive"), (single, "is a single .npy array, not an .npz archive"),
+                        (truncated, "truncated"), (empty, "is not an .npz archive")):
+        for load in (lambda p: open_image_set(p), lambda p: reference_stats(p, PROXY)):
+            with pytest.raises((ImageSetError, StatsError)) as error:
+                load(path)
+            assert str(path) in str(error.value) and words in str(error.value)
+            assert "pickled" not in str(error.value) and "allow_pickle" not in str(error.value)
+
+
+def test_an_npz_of_python_objects_is_refused_without_unpickling(tmp_path) -> None:
+    path = tmp_path / "objects.npz"
+    np.savez(path, arr_0=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(ImageSetError, match="array arr_0 holds Python objects, which are not read"):
+        open_image_set(path)
+
+
+def test_fewer_than_two_images_are_refused_by_count_not_as_non_finite_statistics(tmp_path, grey_images) -> None:
+    one = tmp_path / "one.npz"
+    np.savez(one, arr_0=grey_images[:1])
+    with pytest.raises(ImageSetError) as error:
+        open_image_set(one)
+    assert f"{one} gives 1 image(s)" in str(error.value) and "at least 2" in str(error.value)
+    assert "non-finite" not in str(error.value)
+    with pytest.raises(ImageSetError, match="gives 1 image"):
+        open_image_set(_folder_of(tmp_path, grey_images[:3]), num=1)
+    with pytest.raises(ImageSetError, match="the image set gives 1 image"):
+        compute_stats(ImageArrayDataset(grey_images[:1]), PROXY)
+
+
+def _folder_of(tmp_path, images: np.ndarray):
+    folder = tmp_path / "folder"
+    write_folder(folder, images)
+    return folder
+
+
+def test_statistics_entries_of_the_wrong_kind_are_named(tmp_path) -> None:
+    path = tmp_path / "stats.npz"
+    dim = PROXY.dim
+    np.savez(path, mu=np.zeros(dim), sigma=np.eye(dim), extractor=np.str_(PROXY.registry_name),
+             num_samples=np.array(["ten"]))
+    with pytest.raises(StatsError, match="num_samples must be a single integer"):
+        load_stats(path, PROXY)
+    np.savez(path, mu=np.array(["a"] * dim), sigma=np.eye(dim), extractor=np.str_(PROXY.registry_name))
+    with pytest.raises(StatsError, match="mu must be a numeric array"):
+        load_stats(path, PROXY)
+
+
+def test_a_damaged_samples_json_is_refused_naming_the_file_and_the_field(tmp_path, grey_images) -> None:
+    from dit_repro.fid.evaluate import samples_record
+
+    folder = _folder_of(tmp_path, grey_images[:3])
+    record = folder / "samples.json"
+    for text, words in (
+        ("{", "is not valid JSON"),
+        ('{"num": 3, "seed": NaN}', "NaN is not a JSON number"),
+        ("[3]", "must hold a JSON object"),
+        ('{"num": 3, "seed": true}', "seed must be an integer >= 0, got True"),
+        ('{"num": -1}', "num must be an integer >= 0, got -1"),
+        ('{"num": 3, "settings": "ddim"}', "settings must be a JSON object, got str"),
+    ):
+        record.write_text(text)
+        with pytest.raises(ImageSetError) as error:
+            samples_record(folder)
+        assert str(record) in str(error.value) and words in str(error.value), str(error.value)
+    record.write_text('{"seed": 0}')
+    with pytest.raises(ImageSetError, match="does not say how many samples the folder holds"):
+        fid_of_samples(folder, compute_stats(ImageArrayDataset(grey_images), PROXY), PROXY)

@@ -209,9 +209,10 @@ class Schedule:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
         if self.timed_steps < 1 or self.block_steps < 1:
-            raise ValueError(f"timed_steps and block_steps must be >= 1, got {self.timed_steps}, {self.block_steps}")
+            raise ValueError(f"timed steps (--steps) and steps per block (--block-steps) must be >= 1, got "
+                             f"{self.timed_steps} and {self.block_steps}")
         if self.timeout_s <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+            raise ValueError(f"the reply timeout (--row-timeout) must be positive, got {self.timeout_s}")
 
     def blocks(self) -> list[int]:
         """Sizes of the blocks each row times (one block when sequential)."""

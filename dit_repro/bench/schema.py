@@ -77,6 +77,10 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ResultsError(f"results file {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path} is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not JSON: it is not UTF-8 text") from None
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise ResultsError(f"results file {path} cannot be read ({exc.strerror or exc})") from None
     return validate_results(data, source=str(path))
 
 

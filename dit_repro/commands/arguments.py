@@ -81,3 +81,43 @@ class RefusedFlag(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         """Stop parsing with the replacement named."""
         parser.error(f"{option_string} is no longer accepted; write {self.new_spelling}")
+
+
+def number_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number strictly between ``low`` and ``high`` (NaN is refused: it compares false)."""
+
+    def parse(text: str) -> float:
+        return _number(text, f"a number in ({low:g}, {high:g})", lambda value: low < value < high)
+
+    parse.__name__ = f"number in ({low:g}, {high:g})"
+    return parse
+
+
+def writable_target(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> Path:
+    """Prove that ``path`` can be written (a file, or with ``folder`` a folder to write into), creating nothing.
+
+    Unlike :func:`writable_folder`, nothing is left behind: the check writes and removes one
+    temporary file in the nearest folder that already exists, so that a command refused later
+    (a bad input found after this check) leaves the output location as it was. Raises
+    ConfigError naming ``flag``, the path and what would be right.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {target}: is a file, not a folder; name a folder to write into")
+    if not folder and target.is_dir():
+        raise ConfigError(f"{flag} {target}: is a folder; name the file to write")
+    start = target if folder else target.parent
+    existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} {target}: cannot write there ({existing} is a file, not a folder, so nothing can be "
+            "created under it); name a path you can write to"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {target}: cannot write there ({exc.strerror or exc}); name a path you can write to"
+        ) from None
+    return target

@@ -28,7 +28,7 @@ from dit_repro.bench.report import plot_results, results_markdown
 from dit_repro.bench.runner import SCHEDULES
 from dit_repro.bench.schema import ResultsError
 from dit_repro.bench.stats import WarmupPolicy
-from dit_repro.commands.arguments import writable_folder
+from dit_repro.commands.arguments import at_least, positive_number, writable_target
 from dit_repro.config import ConfigError
 
 EPILOG = """\
@@ -86,25 +86,26 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run only these rows of the matrix (comma-separated), e.g. to A/B a subset in CI")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--model", default=None, help="model preset (default: DiT-XL/2 on GPU, DiT-S/2 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 128 GPU, 8 CPU)")
-    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: 256 GPU, 32 CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 50 GPU, 60 CPU)")
-    parser.add_argument("--block-steps", type=int, default=None, help="steps per block when interleaved")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="global batch size (default: 128 GPU, 8 CPU)")
+    parser.add_argument("--image-size", type=at_least(1), default=None, help="image side in pixels (default: 256 GPU, 32 CPU)")
+    parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps per row (default: 50 GPU, 60 CPU)")
+    parser.add_argument("--block-steps", type=at_least(1), default=None, help="steps per block when interleaved")
     parser.add_argument("--schedule", choices=SCHEDULES, default=None,
                         help="sequential (GPU default) or interleaved (CPU default: drift cancels in ratios)")
-    parser.add_argument("--warmup-max", type=int, default=None, help="most warm-up steps per row")
+    parser.add_argument("--warmup-max", type=at_least(2), default=None,
+                        help="most warm-up steps per row (>= 2: two windows of one step)")
     parser.add_argument("--data", default=None, help="dataset spec (default synthetic)")
     parser.add_argument("--vae", default=None,
                         help="VAE of live rows and of the temporary cache (default: full-size-random GPU, tiny-random CPU)")
     parser.add_argument("--cache-dir", default=None, help="latent cache for cached rows (default: a temporary one)")
-    parser.add_argument("--num-classes", type=int, default=None, help="label classes (default: 1000 GPU, the data's on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker on CPU (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of every row")
-    parser.add_argument("--peak-flops", type=float, default=None,
+    parser.add_argument("--num-classes", type=at_least(1), default=None, help="label classes (default: 1000 GPU, the data's on CPU)")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch threads per worker on CPU (default 1)")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="training seed of every row")
+    parser.add_argument("--peak-flops", type=positive_number, default=None,
                         help="peak FLOP/s that every row's MFU is divided by, whatever the row's precision "
                              "(default: the GPU's dense datasheet peak at each row's own precision: fp32, tf32, "
                              "fp16 or bf16)")
-    parser.add_argument("--row-timeout", type=float, default=3600.0, help="seconds to wait for any one worker reply")
+    parser.add_argument("--row-timeout", type=positive_number, default=3600.0, help="seconds to wait for any one worker reply")
     parser.add_argument("--repo", type=Path, default=None,
                         help="git repository REF is resolved in (default: the one holding this dit_repro package, "
                              "else the working directory's)")
@@ -185,9 +186,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--record and --against do not go together: a baseline is one code's results on this "
                              "hardware; run `dit-repro bench --record` on the commit to store")
         request = bench_request(args, args.against)
-        writable_folder(args.out.parent, "--out")
+        writable_target(args.out, "--out")
         if args.record is not None:
-            writable_folder(args.record, "--record")
+            writable_target(args.record, "--record", folder=True)
         run = run_and_report(request, args.out)
         if args.record is not None:
             print(f"baseline written: {record_baseline(run.results, args.record)} (review it, then commit it)")

@@ -19,6 +19,7 @@ from dit_repro.bench.hardware import describe_key
 from dit_repro.bench.plan import EnvironmentProbeError, default_environment
 from dit_repro.bench.results import device_block
 from dit_repro.bench.schema import ResultsError
+from dit_repro.commands.arguments import writable_target
 from dit_repro.config import ConfigError
 from dit_repro.gate import DEFAULT_BASELINES, EXIT_DATA_ERROR, GateInputs, Thresholds, run_gate
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         thresholds = Thresholds(time=args.time_threshold, memory=args.memory_threshold, alpha=args.alpha)
         request = bench_request(args, against=None)
+        # The results, results.md/.png and gate.md/.png all go beside --out: proven writable before the bench.
+        writable_target(args.out, "--out")
         fingerprint = default_environment(request.device_type)
         device = device_block(fingerprint["hardware_key"], None)
         lookup = {"device": device, "scale": request.scale.to_dict(), "matrix": {"name": request.matrix.name}}

@@ -8,6 +8,7 @@ import sys
 
 from ..models import PRESETS
 from ..models.facts import model_info
+from .arguments import at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(gmacs_forward: the unit the DiT papers call 'Gflops') and model FLOPs per training image.",
     )
     parser.add_argument("--model", default="DiT-XL/2", help="preset name (see --list); default DiT-XL/2")
-    parser.add_argument("--image-size", type=int, default=256, help="image side in pixels; default 256")
-    parser.add_argument("--num-classes", type=int, default=1000, help="class labels; default 1000 (ImageNet)")
+    parser.add_argument("--image-size", type=at_least(1), default=256, help="image side in pixels; default 256")
+    parser.add_argument("--num-classes", type=at_least(1), default=1000, help="class labels; default 1000 (ImageNet)")
     parser.add_argument("--pixel-space", action="store_true", help="model the image itself, no VAE")
     parser.add_argument("--list", action="store_true", help="list every preset with its facts")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dit_repro.bench.schema import ResultsError
-from dit_repro.commands.arguments import writable_folder
+from dit_repro.commands.arguments import writable_target
 from dit_repro.config import ConfigError
 from dit_repro.verify import SCALES, ClaimsError, PaperDataError, VerifyOptions, run_verification
 from dit_repro.verify.report import summary_lines, write_report
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     options = VerifyOptions(results=list(args.results), scale=args.scale, out_dir=args.out,
                             equivalence=not args.skip_equivalence, claims_path=args.claims, only=list(args.only))
     try:
-        writable_folder(args.out, "--out")
+        writable_target(args.out, "--out", folder=True)
         report = run_verification(options)
     except (ClaimsError, PaperDataError, ResultsError, ConfigError) as exc:
         print(f"dit-repro verify: error: {exc}", file=sys.stderr)

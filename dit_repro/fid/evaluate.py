@@ -19,7 +19,7 @@ from torch_fidelity.datasets import ImagesPathDataset
 from dit_repro.fid.extractors import ExtractorSpec
 from dit_repro.fid.frechet import frechet_distance
 from dit_repro.fid.layout import image_name, record_path
-from dit_repro.fid.stats import FeatureStats, ImageSetError, compute_stats, open_image_set
+from dit_repro.fid.stats import MIN_IMAGES, FeatureStats, ImageSetError, compute_stats, open_image_set
 
 
 class NotComparableError(ValueError):
@@ -82,11 +82,41 @@ def ensure_comparable(a: FIDResult, b: FIDResult) -> None:
 
 
 def samples_record(samples: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``samples.json`` beside a sample folder (inside it) or ``.npz`` (in its folder), if any."""
+    """The ``samples.json`` beside a sample folder (inside it) or ``.npz`` (in its folder), if any.
+
+    What FID reads from it is checked here (``num``, ``seed``, ``settings``, ``checkpoint``), so
+    that a damaged record is refused naming the file and the field instead of failing later.
+    """
     record = record_path(Path(samples))
     if not record.is_file():
         return None
-    return json.loads(record.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"), parse_constant=refuse_json_constant)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageSetError(f"{record} cannot be read ({exc})") from None
+    except ValueError as exc:  # JSONDecodeError, and NaN/Infinity (not JSON)
+        raise ImageSetError(f"{record} is not valid JSON ({exc}); write it again with `dit-repro sample`") from None
+    check_samples_record(data, record)
+    return data
+
+
+def refuse_json_constant(name: str) -> None:
+    """``json.loads`` hook: NaN and Infinity are Python's extension, not JSON, and no field may hold them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_samples_record(record: Any, path: Path) -> None:
+    """Refuse a ``samples.json`` whose fields FID uses have the wrong type, naming the field and the file."""
+    if not isinstance(record, dict):
+        raise ImageSetError(f"{path} must hold a JSON object (the record `dit-repro sample` writes), "
+                            f"got {type(record).__name__}")
+    for key, minimum in (("num", 0), ("seed", 0)):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ImageSetError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
+    for key in ("settings", "checkpoint"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise ImageSetError(f"{path}: {key} must be a JSON object, got {type(record[key]).__name__}")
 
 
 def open_sample_set(
@@ -102,7 +132,13 @@ def open_sample_set(
     record = samples_record(path)
     if record is None or not path.is_dir():
         return open_image_set(path, num), record
-    count = int(record["num"]) if num is None else num
+    if num is None and record.get("num") is None:
+        raise ImageSetError(f"{record_path(path)} does not say how many samples the folder holds (no num); "
+                            "pass --num N or write the folder again with `dit-repro sample`")
+    count = record["num"] if num is None else num
+    if count < MIN_IMAGES:
+        raise ImageSetError(f"{path} gives {count} image(s); feature statistics need at least {MIN_IMAGES} "
+                            "(a covariance of fewer is undefined)")
     files = [path / image_name(index) for index in range(count)]
     missing = [index for index, file in enumerate(files) if not file.is_file()]
     if missing:

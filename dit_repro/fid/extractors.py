@@ -5,8 +5,9 @@ Two are offered:
 ``inception``
     torch-fidelity's ``inception-v3-compat``, the TensorFlow FID network (pool3, 2048 features).
     Its weights are never fetched implicitly: they are read from a file given by the user or
-    from the torch hub cache, checked against the hash in their published file name, and a
-    missing file is an error that says where to get it and where to put it.
+    from the torch hub cache, checked against their full pinned SHA-256 before anything loads
+    them, then read weights-only; a missing file is an error that says where to get it and where
+    to put it.
 ``proxy``
     A fixed random-feature map for CPU tests and CI, whose numbers are labelled ``proxy-FID``
     and are not comparable with any published FID: the image is area-downsampled to 8x8 RGB in
@@ -18,8 +19,10 @@ Two are offered:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +31,7 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
 
 from dit_repro.hashing import sha256_file
 
@@ -83,38 +87,121 @@ def extractor_spec(key: str) -> ExtractorSpec:
 INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
 """Where torch-fidelity downloads the pt_inception-2015-12-05 weights from."""
 
+INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+"""Full SHA-256 of the InceptionV3 FID weights (pt_inception-2015-12-05-6726825d.pth, mirrored by
+torch-fidelity as weights-inception-2015-12-05-6726825d.pth, the file it downloads).
+
+The file name carries only the first 8 hex digits. The full digest is pinned, with the same value,
+by public code that checks these weights before loading them, among them
+snap-research/discoscene and qiuyu96/Carver (models/inception_model.py, ``_MODEL_URL_SHA256``, for
+the pytorch-fid release URL) and, independently, evaluation code that pins the torch-fidelity
+mirror URL (v0.2.0/weights-inception-2015-12-05-6726825d.pth) to the same digest. It begins with the
+8 digits of the published name, as torch.hub's naming convention requires."""
+
 
 def inception_cache_path() -> str:
     """Where ``torch.hub.load_state_dict_from_url`` keeps the weights: ``<hub dir>/checkpoints/<file>``."""
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(INCEPTION_WEIGHTS_URL))
 
 
-def resolve_inception_weights(path: str | None, *, allow_download: bool = False) -> str | None:
-    """The weights file torch-fidelity should load, checked; ``None`` lets torch-fidelity download.
+def resolve_inception_weights(path: str | None, *, allow_download: bool = False) -> str:
+    """The weights file torch-fidelity should load, checked against the pinned SHA-256 before anything loads it.
 
     ``path`` (a user-given file) is used if given; otherwise the torch hub cache file. A missing
     file raises :class:`InceptionWeightsError` naming the URL and the path to put it at, unless
-    ``allow_download`` is set and no path was given. A file whose SHA-256 does not start with the
-    hash in the published file name is refused: FID is only comparable with these exact weights.
+    ``allow_download`` is set and no path was given: then it is downloaded to the cache here (not by
+    torch-fidelity), so that the download is checked too. A file whose SHA-256 is not
+    :data:`INCEPTION_WEIGHTS_SHA256` is refused: FID is only comparable with these exact weights,
+    and a file that is not them is never unpickled.
     """
     candidate = path if path is not None else inception_cache_path()
     if not os.path.isfile(candidate):
         if path is None and allow_download:
-            return None
+            return download_inception_weights(candidate)
         raise InceptionWeightsError(
             f"InceptionV3 FID weights not found at {candidate}. Without network access, download "
             f"{INCEPTION_WEIGHTS_URL} on a machine that has it and put the file at {inception_cache_path()} "
             "(the torch hub cache, $TORCH_HOME/hub/checkpoints), or pass its location with --inception-weights; "
             "with network access, --download-weights fetches it there."
         )
-    expected = torch.hub.HASH_REGEX.search(os.path.basename(INCEPTION_WEIGHTS_URL)).group(1)
-    digest = sha256_file(candidate)
-    if not digest.startswith(expected):
-        raise InceptionWeightsError(
-            f"{candidate} is not the published InceptionV3 FID weights: its SHA-256 starts {digest[: len(expected)]}, "
-            f"expected {expected} (the file at {INCEPTION_WEIGHTS_URL})"
-        )
+    check_inception_weights(candidate)
     return candidate
+
+
+def check_inception_weights(path: str) -> None:
+    """Refuse ``path`` unless its SHA-256 is the pinned :data:`INCEPTION_WEIGHTS_SHA256`; reads the bytes only."""
+    digest = sha256_file(path)
+    if digest != INCEPTION_WEIGHTS_SHA256:
+        raise InceptionWeightsError(
+            f"{path} is not the published InceptionV3 FID weights: its SHA-256 is {digest}, expected "
+            f"{INCEPTION_WEIGHTS_SHA256} (the file at {INCEPTION_WEIGHTS_URL}); it was not loaded. "
+            "Download that file again, or pass the right one with --inception-weights"
+        )
+
+
+def download_inception_weights(destination: str) -> str:
+    """Download the weights to ``destination`` and check them before they are kept (``--download-weights``)."""
+    os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+    partial = f"{destination}.partial"
+    try:
+        torch.hub.download_url_to_file(INCEPTION_WEIGHTS_URL, partial, progress=False)
+        check_inception_weights(partial)
+        os.replace(partial, destination)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return destination
+
+
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+"""Environment variable that makes ``torch.load`` weights-only even where its caller passes ``weights_only=False``."""
+FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+"""Its opposite, which torch refuses to combine with it."""
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Make every ``torch.load`` inside the block weights-only, whatever its caller asks for.
+
+    torch-fidelity reads a weights file with ``torch.load(..., weights_only=False)``, which would run
+    any code pickled in it. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` (read by torch.load on every call)
+    overrides that, so the file checked by :func:`check_inception_weights` is also read as tensors
+    and plain containers only; the pinned file is a plain state dict, which loads that way. Its
+    opposite, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, is lifted for the block: torch refuses both at once.
+    """
+    saved = {name: os.environ.pop(name, None) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def create_inception_extractor(weights: str, *, cuda: bool, verbose: bool) -> FeatureExtractorBase:
+    """torch-fidelity's InceptionV3 from a checked weights file, read weights-only.
+
+    ``weights`` must have passed :func:`resolve_inception_weights`. The file is first read here
+    with ``torch.load(weights_only=True)``, so that a file that is not a plain state dict is refused
+    in this project's words (torch's own message suggests ``weights_only=False``, exactly what must
+    not be done with an untrusted file); torch-fidelity's own read then runs weights-only too.
+    """
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign, truncated or unsafe files
+        raise InceptionWeightsError(
+            f"{weights} holds objects other than tensors and plain containers, or is not a complete file "
+            f"written by torch.save ({type(exc).__name__}); it is refused because loading it any other way "
+            f"could run code from the file. Use the published file {INCEPTION_WEIGHTS_URL}"
+        ) from None
+    spec = EXTRACTORS["inception"]
+    with weights_only_loading():
+        return create_feature_extractor(
+            spec.registry_name, [spec.layer], cuda=cuda, verbose=verbose, feature_extractor_weights_path=weights
+        )
 
 
 # ----------------------------------------------------------------------------------------------

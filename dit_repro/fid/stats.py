@@ -10,9 +10,13 @@ which also records the extractor and the number of images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +28,20 @@ from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from dit_repro.atomic import write_bytes_atomic
-from dit_repro.fid.extractors import EXTRACTORS, ExtractorSpec, register_extractors, resolve_inception_weights
+from dit_repro.fid.extractors import (
+    EXTRACTORS,
+    ExtractorSpec,
+    create_inception_extractor,
+    register_extractors,
+    resolve_inception_weights,
+)
 from dit_repro.hashing import sha256_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Image files read from a folder (JPEG is lossy and shifts FID; samples are written as PNG)."""
+
+MIN_IMAGES = 2
+"""Fewest images whose features have a covariance (np.cov divides by N - 1)."""
 
 LOADER_WORKERS = 4
 """Loader processes torch-fidelity starts when asked for any (it uses min(4, 2 * cores))."""
@@ -109,10 +122,12 @@ def open_image_set(path: str | os.PathLike[str], num: int | None = None) -> Data
         _check_count(len(files), num, path)
         return ImagesPathDataset(files[:num] if num is not None else files)
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
+        with npz_archive(path, ImageSetError) as archive:
             if "arr_0" not in archive:
                 raise ImageSetError(f"{path} has no arr_0 image array (keys: {sorted(archive.files)})")
-            images = archive["arr_0"]
+            images = npz_member(archive, "arr_0", path, ImageSetError)
+        if images.ndim == 0:
+            raise ImageSetError(f"{path}: arr_0 is a single number, not images (expected uint8 N x H x W x C)")
         _check_count(len(images), num, path)
         return ImageArrayDataset(images[:num] if num is not None else images)
     raise ImageSetError(f"{path} is neither a folder of images nor an .npz file with arr_0")
@@ -121,6 +136,53 @@ def open_image_set(path: str | os.PathLike[str], num: int | None = None) -> Data
 def _check_count(available: int, num: int | None, path: Path) -> None:
     if num is not None and not 0 < num <= available:
         raise ImageSetError(f"asked for {num} images but {path} holds {available}")
+    _check_enough_images(num if num is not None else available, str(path))
+
+
+def _check_enough_images(count: int, source: str) -> None:
+    """FID needs a covariance, and a covariance needs at least two images: refuse fewer by their count."""
+    if count < MIN_IMAGES:
+        raise ImageSetError(
+            f"{source} gives {count} image(s); feature statistics need at least {MIN_IMAGES} "
+            f"(the covariance of fewer is undefined): give a set of {MIN_IMAGES} or more"
+        )
+
+
+@contextlib.contextmanager
+def npz_archive(path: Path, error: type[ValueError]) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load`` of an ``.npz`` without unpickling anything, with each failure said in words that fit it.
+
+    numpy reports a file that is not a zip archive as "pickled data" (it falls back to unpickling,
+    which ``allow_pickle=False`` refuses); the message here says what the file is not instead.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise error(
+            f"{path} is not an .npz archive (a zip of .npy arrays, as np.savez writes); "
+            f"it is empty, truncated or another kind of file ({type(exc).__name__})"
+        ) from None
+    except OSError as exc:
+        raise error(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise error(f"{path} is a single .npy array, not an .npz archive; save it with np.savez(path, arr_0=...)")
+    with archive:
+        yield archive
+
+
+def npz_member(archive: np.lib.npyio.NpzFile, key: str, path: Path, error: type[ValueError]) -> np.ndarray:
+    """One array of an open archive; object arrays (which would be unpickled) and corrupt members are refused."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise error(
+                f"{path}: array {key} holds Python objects, which are not read (reading them would unpickle "
+                "them); save plain numeric arrays"
+            ) from None
+        raise error(f"{path}: array {key} is truncated or corrupt ({type(exc).__name__})") from None
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise error(f"{path}: array {key} is truncated or corrupt ({type(exc).__name__})") from None
 
 
 def image_set_sha256(images: Dataset) -> str:
@@ -157,14 +219,15 @@ def compute_stats(
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _check_enough_images(len(images), "the image set")
     register_extractors()
-    options: dict[str, object] = {"verbose": verbose}
-    if spec.key == "inception":
-        options["feature_extractor_weights_path"] = resolve_inception_weights(
-            inception_weights, allow_download=allow_download
-        )
     cuda = device == "cuda"
-    extractor = create_feature_extractor(spec.registry_name, [spec.layer], cuda=cuda, **options)
+    if spec.key == "inception":
+        # Checked against the pinned hash before anything unpickles it, then read weights-only.
+        weights = resolve_inception_weights(inception_weights, allow_download=allow_download)
+        extractor = create_inception_extractor(weights, cuda=cuda, verbose=verbose)
+    else:
+        extractor = create_feature_extractor(spec.registry_name, [spec.layer], cuda=cuda, verbose=verbose)
     # torch-fidelity's only loader choice is 0 worker processes or min(4, 2 * cores). Workers pay
     # for decoding files, not for in-memory arrays, and would oversubscribe a machine of < 4 cores.
     no_workers = isinstance(images, ImageArrayDataset) or (os.cpu_count() or 1) < LOADER_WORKERS
@@ -204,20 +267,20 @@ def load_stats(path: str | os.PathLike[str], spec: ExtractorSpec) -> FeatureStat
     extractor's but have the wrong dimension raise :class:`StatsError`.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as archive:
+    with npz_archive(path, StatsError) as archive:
         if "mu" not in archive or "sigma" not in archive:
             return None
-        extractor = str(archive["extractor"]) if "extractor" in archive else EXTRACTOR_OF_UNLABELLED_STATS
+        extractor = _scalar(archive, "extractor", path, str) if "extractor" in archive else EXTRACTOR_OF_UNLABELLED_STATS
         if extractor != spec.registry_name:
             return None
-        mu = np.asarray(archive["mu"], dtype=np.float64)
-        sigma = np.asarray(archive["sigma"], dtype=np.float64)
+        mu = _floats(archive, "mu", path)
+        sigma = _floats(archive, "sigma", path)
         if "num_samples" in archive:
-            num = int(archive["num_samples"])
+            num = _scalar(archive, "num_samples", path, int)
             num_samples = None if num < 0 else num
         else:
-            num_samples = len(archive["arr_0"]) if "arr_0" in archive else None
-        source = str(archive["source_sha256"]) if "source_sha256" in archive else None
+            num_samples = len(npz_member(archive, "arr_0", path, StatsError)) if "arr_0" in archive else None
+        source = _scalar(archive, "source_sha256", path, str) if "source_sha256" in archive else None
     if source is None:  # an ADM reference batch: the file itself identifies it
         source = sha256_file(path)
     if mu.shape != (spec.dim,) or sigma.shape != (spec.dim, spec.dim):
@@ -226,6 +289,23 @@ def load_stats(path: str | os.PathLike[str], spec: ExtractorSpec) -> FeatureStat
             f"({spec.registry_name}, layer {spec.layer}) gives {spec.dim} features"
         )
     return FeatureStats(mu, sigma, num_samples, extractor, source)
+
+
+def _scalar(archive: np.lib.npyio.NpzFile, key: str, path: Path, kind: type) -> object:
+    """A single str or int entry of a statistics file, or StatsError naming the entry and what it holds."""
+    value = npz_member(archive, key, path, StatsError)
+    expected = "string" if kind is str else "integer"
+    if value.ndim != 0 or (kind is str and value.dtype.kind != "U") or (kind is int and value.dtype.kind not in "iu"):
+        raise StatsError(f"{path}: {key} must be a single {expected}, got {value.dtype} of shape {value.shape}")
+    return kind(value)
+
+
+def _floats(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """A numeric entry of a statistics file as float64, or StatsError naming the entry."""
+    value = npz_member(archive, key, path, StatsError)
+    if value.dtype.kind not in "fiu":
+        raise StatsError(f"{path}: {key} must be a numeric array, got {value.dtype}")
+    return np.asarray(value, dtype=np.float64)
 
 
 def reference_stats(
@@ -242,7 +322,7 @@ def reference_stats(
         loaded = load_stats(path, spec)
         if loaded is not None:
             return loaded
-        with np.load(path, allow_pickle=False) as archive:
+        with npz_archive(path, StatsError) as archive:
             has_images = "arr_0" in archive
         if not has_images:
             raise StatsError(

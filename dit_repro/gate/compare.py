@@ -85,7 +85,7 @@ class Thresholds:
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} threshold must be in (0, 1) (a fraction, 0.05 = 5%), got {value}")
         if not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+            raise ValueError(f"the significance level (--alpha) must be in (0, 0.5), got {self.alpha}")
 
 
 def decide(change: float, p_worse: float | None, p_better: float | None, threshold: float, alpha: float,
