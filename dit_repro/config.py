@@ -224,9 +224,11 @@ class TrainConfig:
         if self.init_from and self.resume:
             raise ConfigError("--init-from starts a new run from weights, --resume continues one; give one of them")
         if self.switches.features is Features.CACHED and not self.cache_dir:
-            raise ConfigError("features=cached needs a latent cache: pass cache_dir (made by `dit-repro extract`)")
+            raise ConfigError("--features cached needs a latent cache: pass --cache DIR, made by `dit-repro extract` "
+                              "(TrainConfig.cache_dir)")
         if self.switches.features is Features.LIVE and not self.vae:
-            raise ConfigError("features=live needs a VAE: pass vae (a local weights path, or tiny-random for tests)")
+            raise ConfigError("--features live needs a VAE: pass --vae PATH, a local weights folder or file, or tiny-random "
+                              "for tests (TrainConfig.vae)")
 
     @property
     def recipe(self) -> ProtocolRecipe:

@@ -88,7 +88,7 @@ def image_label(generator: torch.Generator, num_classes: int) -> int:
 def rank_indices(num: int, rank: int, world_size: int) -> range:
     """The sample indices process ``rank`` of ``world_size`` makes: ``rank, rank + W, ... < num``."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+        raise ConfigError(f"--rank must be in [0, --world-size) and --world-size >= 1; got --rank {rank}, --world-size {world_size}")
     if not 0 < num <= MAX_SAMPLES:
         raise ConfigError(f"the number of samples must be in [1, {MAX_SAMPLES}], got {num}")
     return range(rank, num, world_size)
@@ -472,16 +472,33 @@ IDENTITY_KEYS = ("seed", "seed_rule", "label_rule", "num_classes", "settings", "
 """Fields of ``samples.json`` that must match for two runs to write into one folder."""
 
 
+def _read_existing_record(path: Path) -> dict[str, Any]:
+    """An existing ``samples.json``, checked where :func:`_merge_record` relies on it."""
+    unusable = f"{path} is not a samples record this version can extend"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SamplesMismatchError(f"{unusable}: not valid JSON ({exc}); use a new --out folder") from None
+    if not isinstance(old, dict):
+        raise SamplesMismatchError(f"{unusable}: it holds a {type(old).__name__}, not an object; use a new --out folder")
+    num = old.get("num")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise SamplesMismatchError(f"{unusable}: its num is {num!r}, not a positive integer; use a new --out folder")
+    if not isinstance(old.get("checkpoint"), dict):
+        raise SamplesMismatchError(f"{unusable}: it names no checkpoint; use a new --out folder")
+    return old
+
+
 def _merge_record(out_dir: Path, new: dict[str, Any]) -> dict[str, Any]:
     """The record for ``out_dir``: ``new``, checked against and extending an existing record."""
     path = out_dir / SAMPLES_RECORD
     if not path.is_file():
         return new
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = _read_existing_record(path)
     differing = {key: (old.get(key), new[key]) for key in IDENTITY_KEYS if old.get(key) != new[key]}
-    if old.get("checkpoint", {}).get("sha256") != new["checkpoint"]["sha256"]:
+    if old["checkpoint"].get("sha256") != new["checkpoint"]["sha256"]:
         differing["checkpoint.sha256"] = (
-            old.get("checkpoint", {}).get("sha256"),
+            old["checkpoint"].get("sha256"),
             new["checkpoint"]["sha256"],
         )
     if differing:
@@ -489,4 +506,4 @@ def _merge_record(out_dir: Path, new: dict[str, Any]) -> dict[str, Any]:
             f"{out_dir} holds samples made with other settings {differing}; use a new --out folder "
             "(images of two settings must not be mixed in one set)"
         )
-    return {**new, "num": max(int(old["num"]), int(new["num"]))}
+    return {**new, "num": max(old["num"], new["num"])}

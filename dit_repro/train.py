@@ -125,6 +125,8 @@ def check_run_folder(cfg: TrainConfig) -> None:
         raise ConfigError(f"--out {out} is a file, not a folder; name a new or empty folder")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, so no folder can be made under it; name another folder")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--out {out}: cannot write in {parent}; name a folder you can write to")
     if held and not cfg.resume and not cfg.overwrite:

@@ -71,9 +71,12 @@ CASES = [
     case("extract", ["extract", "--data", "synthetic", "--out", "{out}", "--vae", "tiny-random", "--batch-size", "0"],
      ["--batch-size"]),
     case("extract", ["extract", "--data", "synthetic", "--out", "{out}", "--vae", "tiny-random", "--rank", "3",
-                 "--world-size", "2"], ["--rank", "3"],
-         bug="dit_repro/data/extraction.py names the fields: 'rank must be in [0, world_size)' (reported to its owner)"),
+                 "--world-size", "2"], ["--rank", "3"]),
     # sample
+    case("sample", ["sample", "--checkpoint", "{in}/junk.pth", "--num", "2", "--out", "{out}", "--eta", "0.5"],
+     ["--eta 0.5 applies only to --sampler ddim"]),
+    case("sample", ["sample", "--checkpoint", "{in}/junk.pth", "--num", "2", "--out", "{out}", "--cfg-scale", "nan"],
+     ["--cfg-scale", "finite number >= 0"]),
     case("sample", ["sample", "--checkpoint", "{in}/junk.pth", "--num", "2", "--out", "{out}"], ["{in}/junk.pth"]),
     case("sample", ["sample", "--checkpoint", "{in}/nothing.pt", "--num", "2", "--out", "{out}"],
      ["{in}/nothing.pt", "does not exist"]),
@@ -153,17 +156,11 @@ CASES = [
     case("verify", ["verify", "--skip-equivalence", "--only", "nope", "--out", "{out}"], ["'nope'"]),
     case("verify", ["verify", "--skip-equivalence", "--out", "{in}/a-file/report"], ["--out", "{in}/a-file/report"]),
     case("verify", ["verify", "--scale", "bogus", "--out", "{out}"], ["--scale"]),
-    case("train", [*TRAIN, "--features", "cached", "--out", "{out}"], ["--cache"],
-         bug="dit_repro/config.py names the field: 'features=cached needs a latent cache: pass cache_dir' "
-             "(reported to its owner)"),
-    case("train", [*TRAIN, "--features", "live", "--out", "{out}"], ["--vae"],
-         bug="dit_repro/config.py names the field: 'features=live needs a VAE: pass vae' (reported to its owner)"),
+    case("train", [*TRAIN, "--features", "cached", "--out", "{out}"], ["--cache"]),
+    case("train", [*TRAIN, "--features", "live", "--out", "{out}"], ["--vae"]),
     case("sample", ["sample", "--checkpoint", "{in}/junk.pth", "--num", "2", "--out", "{out}", "--rank", "3",
-                    "--world-size", "2"], ["--rank", "3"],
-         bug="dit_repro/sampling.py names the fields: 'rank must be in [0, world_size)' (reported to its owner)"),
-    case("train", [*TRAIN, "--out", "{in}/a-file/run"], ["--out", "{in}/a-file/run"],
-         bug="train checks --out only when it first writes config.json: a NotADirectoryError traceback from "
-             "dit_repro/train.py write_run_record (reported to its owner)"),
+                    "--world-size", "2"], ["--rank", "3"]),
+    case("train", [*TRAIN, "--out", "{in}/a-file/run"], ["--out", "{in}/a-file/run"]),
 ]
 """Every case; the first value of each is the command's module name in COMMANDS."""
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dit_repro.bench.schema import ResultsError, load_results
@@ -47,8 +47,6 @@ REPLACEMENTS = (
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 """Bounded example count; no deadline (the first call of a loader imports and compiles schemas)."""
 
-KNOWN_BUG = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
-"""For loaders with a reported bug: no shrinking, so that the expected failure costs little time."""
 
 
 # ---------------------------------------------------------------------------------------------- mutation
@@ -224,14 +222,10 @@ def test_samples_json_as_fid_reads_it(workdir: Path) -> None:
     check()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "dit_repro/sampling.py _merge_record reads an existing samples.json unchecked: a root that is not an object "
-    "raises AttributeError (old.get), a missing num KeyError, a checkpoint that is not an object AttributeError, "
-    "invalid JSON a raw JSONDecodeError; reported to its owner (sampling.py), remove this mark once fixed"))
 def test_samples_json_as_sample_reads_it_to_extend_a_folder(workdir: Path) -> None:
     new = copy.deepcopy(SAMPLES_JSON)
 
-    @KNOWN_BUG
+    @FUZZ
     @given(mutated(SAMPLES_JSON))
     def check(document: Any) -> None:
         folder = workdir / "extend"
@@ -242,16 +236,11 @@ def test_samples_json_as_sample_reads_it_to_extend_a_folder(workdir: Path) -> No
     check()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "dit_repro/data/manifest.py: read_manifest raises AttributeError for a root that is not an object "
-    "(manifest.get); CacheSpec.from_manifest raises KeyError for a missing field, TypeError/ValueError/"
-    "OverflowError for null, '' , NaN or infinity, and silently coerces 0.5 or true to an int; reported to "
-    "its owner (data/manifest.py), remove this mark once fixed"))
 def test_cache_manifests(workdir: Path) -> None:
     valid = json.loads(json.dumps(manifest_header(CACHE_SPEC)))
     spec_fields = set(CACHE_SPEC.to_json())
 
-    @KNOWN_BUG
+    @FUZZ
     @given(mutated(valid))
     def check(document: Any) -> None:
         folder = workdir / "cache"

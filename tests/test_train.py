@@ -291,7 +291,7 @@ def test_incompatible_switches_are_refused_before_training(switches, error, mess
 
 
 def test_cached_features_without_cache_is_refused() -> None:
-    with pytest.raises(ConfigError, match="features=cached needs a latent cache"):
+    with pytest.raises(ConfigError, match="--features cached needs a latent cache: pass --cache"):
         TrainConfig(switches=Switches(features="cached"))
 
 

@@ -53,6 +53,11 @@ def positive_number(text: str) -> float:
     return _number(text, "a finite number > 0", lambda value: 0.0 < value < float("inf"))
 
 
+def non_negative_number(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a guidance scale, DDIM's eta)."""
+    return _number(text, "a finite number >= 0", lambda value: 0.0 <= value < float("inf"))
+
+
 def writable_folder(folder: str | os.PathLike[str], flag: str) -> Path:
     """Create ``folder`` (and its parents) and prove that a file can be written in it, before any work.
 

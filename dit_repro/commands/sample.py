@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dit_repro.checkpoint import CheckpointError
-from dit_repro.commands.arguments import at_least
+from dit_repro.commands.arguments import at_least, non_negative_number
 from dit_repro.config import ATTENTION_CHOICES, ConfigError, Precision
 from dit_repro.diffusion import CFG_CHANNELS, DEFAULT_SAMPLING_STEPS, SAMPLERS
 from dit_repro.models import PRESETS
@@ -81,11 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"sampling steps, respaced from the 1000 training steps; default {DEFAULT_SAMPLING_STEPS} (DiT's FID protocol)",
     )
     parser.add_argument(
-        "--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic); ddim only; default 0"
+        "--eta", type=non_negative_number, default=0.0, help="DDIM eta (0 = deterministic); ddim only; default 0"
     )
     parser.add_argument(
         "--cfg-scale",
-        type=float,
+        type=non_negative_number,
         default=1.5,
         help="classifier-free guidance scale, 1.0 = none; default 1.5 (DiT)",
     )
@@ -149,6 +149,8 @@ def launch_position(rank: int | None, world_size: int | None) -> tuple[int, int]
 def run(args: argparse.Namespace) -> int:
     """Generate this process's missing images; 2 on a usage or data error."""
     try:
+        if args.eta and args.sampler != "ddim":
+            raise ConfigError(f"--eta {args.eta} applies only to --sampler ddim (DDPM's noise is fixed by the schedule)")
         rank, world_size = launch_position(args.rank, args.world_size)
         report = run_sampling(
             SamplingRequest(

@@ -186,7 +186,7 @@ def _check_arguments(
     if batch_size < 1 or shard_size < 1:
         raise CacheError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise CacheError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        raise CacheError(f"--rank must be in [0, --world-size) and --world-size >= 1; got --rank {rank}, --world-size {world_size}")
     if max_shards is not None and max_shards < 1:
         raise CacheError(f"max_shards must be >= 1 (or None for all), got {max_shards}")
     if images.channels != vae.model.config.in_channels:

@@ -16,6 +16,8 @@ index of each row.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,17 +79,46 @@ class CacheSpec:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> CacheSpec:
-        """The spec recorded in a manifest."""
+        """The spec recorded in a manifest; a missing or mistyped field is a :class:`CacheCorruptError` naming it
+        (values are taken as written, never coerced: 0.5 is not an image size)."""
+        problems = [
+            f"{name} {manifest.get(name, '(missing)')!r} is not {wanted}"
+            for name, wanted, valid in _SPEC_FIELDS
+            if name not in manifest or not valid(manifest[name])
+        ]
+        if problems:
+            raise CacheCorruptError(f"the cache manifest's spec is unusable: {'; '.join(problems)}; re-run `dit-repro extract`")
         return cls(
             vae=manifest["vae"],
-            scale_factor=float(manifest["scale_factor"]),
-            image_size=int(manifest["image_size"]),
+            scale_factor=manifest["scale_factor"],
+            image_size=manifest["image_size"],
             crop=manifest["crop"],
             latent_shape=tuple(manifest["latent_shape"]),
             dataset=manifest["dataset"],
-            shard_size=int(manifest["shard_size"]),
+            shard_size=manifest["shard_size"],
             dtype=manifest["dtype"],
         )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _positive_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+_SPEC_FIELDS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("vae", "an object", lambda v: isinstance(v, dict)),
+    ("scale_factor", "a positive finite number", _positive_finite),
+    ("image_size", "a positive integer", _positive_int),
+    ("crop", "a string", lambda v: isinstance(v, str)),
+    ("latent_shape", "a list of 3 positive integers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_positive_int, v))),
+    ("dataset", "an object", lambda v: isinstance(v, dict)),
+    ("shard_size", "a positive integer", _positive_int),
+    ("dtype", "a string", lambda v: isinstance(v, str)),
+)
+"""The spec fields of a manifest, what each must be, and the check."""
 
 
 def shard_stem(start: int, end: int) -> str:
@@ -111,6 +142,8 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheCorruptError(f"{path} is not valid JSON ({exc}); re-run `dit-repro extract`") from exc
+    if not isinstance(manifest, dict):
+        raise CacheCorruptError(f"{path} holds a {type(manifest).__name__}, not a manifest object; re-run `dit-repro extract`")
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
         raise CacheCorruptError(
             f"{path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
