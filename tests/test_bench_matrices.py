@@ -120,3 +120,15 @@ def test_a_results_file_whose_matrix_name_is_a_path_is_refused() -> None:
     document["matrix"]["name"] = "../../outside"
     with pytest.raises(ResultsError, match="matrix/name"):
         validate_results(document)
+
+
+@pytest.mark.parametrize("slug", ["..", ".", "../x", "/etc", "a\x00b", ""])
+def test_a_results_file_whose_device_slug_is_not_a_plain_name_is_refused(slug: str) -> None:
+    """The slug names the baselines folder that `bench --record` writes and the gate reads."""
+    from dit_repro.bench.schema import ResultsError, validate_results
+    from tests.bench_documents import make_job, make_results
+
+    document = make_results([make_job("a", times=[0.2, 0.25, 0.3], device_type="cpu")])
+    document["device"]["slug"] = slug
+    with pytest.raises(ResultsError, match="device/slug"):
+        validate_results(document)

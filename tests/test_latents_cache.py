@@ -315,3 +315,15 @@ def test_extract_command_exit_codes_and_torchrun_environment(tmp_path, monkeypat
         == 2
     )
     assert "image_size: cache has 32, this run has 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", "shard-000000000-000000004.safetensors\x00x",
+                                  "sub/shard-000000000-000000004.safetensors", None])
+def test_a_manifest_shard_name_that_is_not_a_shard_file_is_refused_not_followed(tmp_path, name):
+    cache_dir = tmp_path / "cache"
+    build_cache(cache_dir)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = name
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheCorruptError, match="lists a shard file"):
+        LatentCache.open(cache_dir)

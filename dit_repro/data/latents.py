@@ -10,6 +10,7 @@ distribution as encoding every step, and with the same seed the same latents.
 from __future__ import annotations
 
 import bisect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class LatentCache:
             )
         paths, offsets = [], [0]
         for record in tqdm(manifest["shards"], desc="verify cache", unit="shard", disable=not progress):
-            path = cache_dir / record["file"]
+            path = shard_file(cache_dir, record)
             _check_shard_file(path, record, verify)
             offsets.append(offsets[-1] + record["count"])
             paths.append(path)
@@ -126,6 +127,22 @@ class LatentCache:
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+SHARD_FILE = re.compile(r"shard-\d{9}-\d{9}\.safetensors")
+"""The only file names a manifest may list: what extraction writes (``shard_stem`` + ``.safetensors``)."""
+
+
+def shard_file(cache_dir: Path, record: Any) -> Path:
+    """The shard file of a manifest entry, inside ``cache_dir``; a name that is not a shard's (``../x``,
+    an absolute path, a NUL byte) is refused, never followed: the manifest is data, not a path to trust."""
+    name = record.get("file") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not SHARD_FILE.fullmatch(name):
+        raise CacheCorruptError(
+            f"{cache_dir / 'manifest.json'} lists a shard file {name!r}; shard files are named like "
+            "shard-000000000-000001024.safetensors, inside the cache folder"
+        )
+    return cache_dir / name
 
 
 def _check_shard_file(path: Path, record: dict[str, Any], verify: bool) -> None:
