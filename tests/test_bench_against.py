@@ -119,9 +119,9 @@ def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-# Pixel-space rows at 16 px: no VAE and no latent cache, so both sides finish in about a minute.
-TINY = ["--device", "cpu", "--matrix", "tiny=plain@features:pixels;ckpt@ckpt:full+features:pixels;"
-        "tf32@precision:tf32+features:pixels", "--batch-size", "2", "--image-size", "16", "--steps", "8",
+# Two pixel-space rows at 16 px: no VAE and no latent cache, so both sides finish in about a minute
+# (two rows are what the gate's paired comparison needs; a third only costs time).
+TINY = ["--device", "cpu", "--matrix", "tiny=plain@features:pixels;ckpt@ckpt:full+features:pixels", "--batch-size", "2", "--image-size", "16", "--steps", "8",
         "--block-steps", "2", "--warmup-max", "4"]
 
 
@@ -138,10 +138,10 @@ def test_bench_against_a_ref_runs_both_sides_in_one_run_and_the_gate_pairs_them(
     assert candidate["ab"]["paired_results"] == "results-reference.json"
     # Every row ok on both sides: each worker proved it imported its side's code (else WrongCode).
     for document in (candidate, reference):
-        assert [row["status"] for row in document["rows"]] == ["ok"] * 3
+        assert [row["status"] for row in document["rows"]] == ["ok"] * 2
         assert all(len(row["timing"]["cpu_times_s"]) == 8 for row in document["rows"])
     logs = sorted(p.name for p in (out.parent / "logs").iterdir())
-    assert logs == sorted(f"{row}_{side}_.log" for row in ("plain", "ckpt", "tf32") for side in ("candidate", "reference"))
+    assert logs == sorted(f"{row}_{side}_.log" for row in ("plain", "ckpt") for side in ("candidate", "reference"))
     assert "A/B in one run" in done.stderr and "every row runs twice, 8 timed steps per side" in done.stderr
     assert len(git(repo, "worktree", "list").splitlines()) == 1
 
@@ -149,7 +149,7 @@ def test_bench_against_a_ref_runs_both_sides_in_one_run_and_the_gate_pairs_them(
     gate = _cli("gate", str(out))
     assert gate.returncode in (EXIT_PASS, EXIT_REGRESSION), gate.stdout + gate.stderr
     assert "same-run A/B against HEAD~1" in gate.stdout
-    for row in ("plain", "ckpt", "tf32"):
+    for row in ("plain", "ckpt"):
         assert f"| {row}: step time |" in gate.stdout and f"| {row}: saved activations |" in gate.stdout
     # The reference side alone is not a candidate.
     wrong = _cli("gate", str(out.parent / "results-reference.json"))

@@ -34,8 +34,11 @@ def test_every_bench_step_is_a_valid_request(gpu_check, monkeypatch: pytest.Monk
                                              device: str, smoke: bool) -> None:
     monkeypatch.setattr(bench_command, "resolve_device_type", lambda spec: device)  # no GPU here
     steps = gpu_check.planned_steps(tmp_path, device, smoke)
-    assert [s.name for s in steps] == ["tf32-preflight", "pytest-gpu", "table4", "attention", "bf16-no-checkpointing"]
-    for step in steps[2:]:
+    assert [s.name for s in steps] == ["tf32-preflight", "pytest-gpu", "table4", "attention", "bf16-no-checkpointing",
+                                       "verify"]
+    verify = build_parser().parse_args(steps[-1].command[3:])
+    assert verify.results == [tmp_path / "table4" / "results.json"] and str(verify.out) == str(tmp_path / "verify")
+    for step in steps[2:-1]:
         args = build_parser().parse_args(step.command[3:])  # after: python -m dit_repro.cli
         request = bench_command.bench_request(args, None)
         assert request.device_type == device and request.matrix.rows, step.name

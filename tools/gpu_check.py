@@ -13,7 +13,8 @@ each step under its own timeout and all of them under one deadline (8 minutes on
 4. ``table4``: Table 4 at the paper's scale with ``--record`` (timed steps reduced to fit), the
    baseline file written under ``OUT/baselines``;
 5. ``attention``: the attention matrix at DiT-XL/2;
-6. ``bf16-no-checkpointing``: one bf16 row without checkpointing (out of memory is a result).
+6. ``bf16-no-checkpointing``: one bf16 row without checkpointing (out of memory is a result);
+7. ``verify``: the claims verifier on the Table 4 results of step 4, its report under ``OUT/verify``.
 
 Everything goes to ``OUT``: one log per step, each bench's results.json/.md, ``summary.json`` and
 ``summary.md`` with the table, the best row's MFU and the peak memory with full checkpointing.
@@ -107,7 +108,7 @@ def environment_step(out: Path, wheels: Path | None) -> Step:
 
 
 def planned_steps(out: Path, device: str, smoke: bool) -> list[Step]:
-    """The commands of steps 2-6 (see the module docstring)."""
+    """The commands of steps 2-7 (see the module docstring)."""
     cli = [python(), "-m", "dit_repro.cli"]
     preflight = ("import json, sys; from dit_repro.precision import tf32_preflight; "
                  "lines = tf32_preflight(sys.argv[1]); print(json.dumps(lines, indent=1)); "
@@ -133,6 +134,10 @@ def planned_steps(out: Path, device: str, smoke: bool) -> list[Step]:
                            "--out", str(out / "attention" / "results.json")], 150),
         Step("bf16-no-checkpointing", [*bench, "--matrix", "bf16-nockpt=bf16-no-ckpt@ckpt:none+precision:bf16", *single,
                                        "--out", str(out / "bf16-no-checkpointing" / "results.json")], 90),
+        # The verifier's GPU subset on the Table 4 rows just measured (no bench of its own); the
+        # equivalence checks run on the CPU and are covered by the suite.
+        Step("verify", [*cli, "verify", "--results", str(out / "table4" / "results.json"), "--skip-equivalence",
+                        "--out", str(out / "verify")], 90),
     ]
 
 
