@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dit_repro.config import ConfigError
+
 TMP_PREFIX = ".tmp-"
 """Name prefix of the temporary files behind every atomic write (skipped when a folder is scanned)."""
 
@@ -64,3 +66,34 @@ def write_json_atomic(path: str | os.PathLike, value: Any, *, sort_keys: bool = 
     order); ``allow_nan=False`` raises ValueError on NaN or infinity, which strict JSON readers reject.
     """
     return write_text_atomic(path, json.dumps(value, indent=1, sort_keys=sort_keys, allow_nan=allow_nan) + "\n")
+
+
+def writable_target(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> Path:
+    """Prove that ``path`` can be written (a file, or with ``folder`` a folder to write into), creating nothing.
+
+    Nothing is left behind: the check writes and removes one temporary file (named like this
+    module's temporaries, which readers of a folder skip) in the nearest folder that already
+    exists, so that a command refused later leaves the output location as it was; a probe, not
+    ``os.access``, which says yes to root even on a read-only file system. Raises ConfigError
+    naming ``flag``, the path and what would be right.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {target}: is a file, not a folder; name a folder to write into")
+    if not folder and target.is_dir():
+        raise ConfigError(f"{flag} {target}: is a folder; name the file to write")
+    start = target if folder else target.parent
+    existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} {target}: cannot write there ({existing} is a file, not a folder, so nothing can be "
+            "created under it); name a path you can write to"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f"{TMP_PREFIX}write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {target}: cannot write there ({exc.strerror or exc}); name a path you can write to"
+        ) from None
+    return target

@@ -35,10 +35,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
         raise CheckpointError(weights_only_refusal(path, exc)) from None
-    missing = [key for key in ("model", "ema", "step", "config") if key not in state]
+    check_checkpoint_keys(state, path)
+    return state
+
+
+def check_checkpoint_keys(state: Any, path: Path) -> None:
+    """Refuse a loaded file that lacks what sampling and resuming read from this project's checkpoints."""
+    missing = [key for key in ("model", "ema", "step", "config") if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; expected keys {list(CHECKPOINT_KEYS)}")
-    return state
 
 
 def weights_only_refusal(path: Path, exc: Exception) -> str:

@@ -42,7 +42,7 @@ def init_process_group(device: torch.device) -> ProcessInfo:
     info = launched_process()
     if "MASTER_ADDR" not in os.environ or "WORLD_SIZE" not in os.environ:
         hint = ""
-        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        if accelerate_uses_cpu():
             # accelerate launch --cpu starts one process unless mpirun is set up (--mpirun_hostfile).
             hint = (" accelerate launch --cpu starts a single process without mpirun; on CPUs launch with "
                     "`accelerate launch --multi_gpu --num_processes N -m dit_repro.cli train --device cpu ...` (gloo).")
@@ -87,8 +87,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-ACCELERATE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16"}
-"""``accelerate launch --mixed_precision`` values and the precision switch each sets (``no`` sets none)."""
+ACCELERATE_PRECISIONS = ("fp16", "bf16")
+"""``accelerate launch --mixed_precision`` values that set the precision switch of the same name (``no`` sets none)."""
+
+
+def accelerate_uses_cpu(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``accelerate launch --cpu`` started this process (ACCELERATE_USE_CPU)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
 def accelerate_settings(
@@ -106,18 +112,18 @@ def accelerate_settings(
     environ = os.environ if environ is None else environ
     mixed = environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if mixed not in ("no", *ACCELERATE_PRECISIONS):
-        raise ValueError(
+        raise ConfigError(
             f"accelerate launch --mixed_precision {mixed} has no precision switch here; use no, fp16 or bf16"
         )
-    launched = ACCELERATE_PRECISIONS.get(mixed)
+    launched = mixed if mixed in ACCELERATE_PRECISIONS else None
     if precision is not None and launched is not None and precision != launched:
-        raise ValueError(
+        raise ConfigError(
             f"--precision {precision} contradicts accelerate launch --mixed_precision {mixed} "
             f"(ACCELERATE_MIXED_PRECISION={mixed}); give one of them"
         )
     resolved_precision = precision or launched or "fp32"
-    if environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+    if accelerate_uses_cpu(environ):
         if device.startswith("cuda"):
-            raise ValueError(f"--device {device} contradicts accelerate launch --cpu (ACCELERATE_USE_CPU); give one of them")
+            raise ConfigError(f"--device {device} contradicts accelerate launch --cpu (ACCELERATE_USE_CPU); give one of them")
         device = "cpu"
     return resolved_precision, device

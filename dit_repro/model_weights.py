@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dit_repro.checkpoint import CheckpointError, load_checkpoint, weights_only_refusal
+from dit_repro.checkpoint import CheckpointError, check_checkpoint_keys, weights_only_refusal
 from dit_repro.config import ConfigError, Features, Switches, TrainConfig
 from dit_repro.data.vae import LATENT_CHANNELS, PRETRAINED_REPOS, VAE_DOWNSAMPLE
 from dit_repro.hashing import sha256_file
@@ -75,10 +75,10 @@ def read_model_weights(
     state = _load(path)
     layout = checkpoint_layout(state, path)
     if layout == "dit-repro":
-        state = load_checkpoint(path)  # the full key check of this project's own files
+        check_checkpoint_keys(state, path)
         config = TrainConfig.from_dict(state["config"])
         if model is not None and model != config.model:
-            raise ConfigError(f"--model {model} contradicts checkpoint {path}, which holds a {config.model}; drop --model")
+            raise ConfigError(f"checkpoint {path} holds a {config.model}, but --model is {model}; pass --model {config.model}")
         if "model_args" not in state:
             raise CheckpointError(
                 f"checkpoint {path} has no model_args (input size, channels, classes); it was not written by this version"
@@ -95,7 +95,7 @@ def read_model_weights(
         args = vars(state["args"]) if isinstance(state["args"], argparse.Namespace) else dict(state["args"])
         named = args.get("model")
         if model is not None and named is not None and model != named:
-            raise ConfigError(f"--model {model} contradicts checkpoint {path}, trained as {named} (its args.model)")
+            raise ConfigError(f"checkpoint {path} holds a {named} (its args.model), but --model is {model}; pass --model {named}")
         model = model or named
         vae = vae or DIT_VAE_SPECS.get(str(args.get("vae")), DEFAULT_VAE)
         chosen = state["ema" if weights == "ema" else "model"]
@@ -158,6 +158,7 @@ def _foreign(
         )
     preset = parse_preset(model)
     model_args = model_args_from_tensors(tensors, preset.patch_size, path)
+    check_preset_size(tensors, preset, path)
     latent = model_args["in_channels"] == LATENT_CHANNELS
     input_size = model_args["input_size"]
     config = TrainConfig(
@@ -171,6 +172,20 @@ def _foreign(
     return ModelWeights(
         state_dict=tensors, config=config, model_args=model_args, layout=layout, weights=weights, step=step
     )
+
+
+def check_preset_size(tensors: dict[str, torch.Tensor], preset: Any, path: Path) -> None:
+    """Refuse tensors of another width or depth than ``preset`` (a DiT-XL/2 file read as DiT-L/2), naming both,
+    before ``load_state_dict`` would fail on the first mismatched shape."""
+    width = int(tensors["x_embedder.proj.weight"].shape[0])
+    depth = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
+    if (width, depth) != (preset.hidden_size, preset.depth):
+        fitting = [name for name, p in PRESETS.items()
+                   if (p.family, p.hidden_size, p.depth, p.patch_size) == ("dit", width, depth, preset.patch_size)]
+        raise ConfigError(
+            f"checkpoint {path} holds a model of width {width} and depth {depth}, but --model {preset.name} has "
+            f"{preset.hidden_size} and {preset.depth}; pass --model {fitting[0] if fitting else 'the preset it was trained as'}"
+        )
 
 
 def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, path: Path) -> dict[str, Any]:

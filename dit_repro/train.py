@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .atomic import write_json_atomic
+from .atomic import writable_target, write_json_atomic
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
     ConfigError,
@@ -124,11 +124,7 @@ def check_run_folder(cfg: TrainConfig) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder; name a new or empty folder")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise ConfigError(f"--out {out}: {parent} is a file, so no folder can be made under it; name another folder")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out {out}: cannot write in {parent}; name a folder you can write to")
+    writable_target(out, "--out", folder=True)
     if held and not cfg.resume and not cfg.overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise ConfigError(f"run folder {out} is not empty ({shown}); pass --resume {out / 'checkpoints' / 'last.pt'} "
@@ -177,7 +173,7 @@ class Trainer:
         launched = launched_process().world_size if switches.distributed is Distributed.DDP else 1
         if cfg.global_batch_size % launched:
             raise ConfigError(
-                f"global_batch_size {cfg.global_batch_size} is not divisible by the {launched} processes; "
+                f"--batch-size {cfg.global_batch_size} (the global batch) is not divisible by the {launched} processes; "
                 f"use a multiple of {launched}"
             )
         self.process = self._join_processes()
@@ -186,6 +182,9 @@ class Trainer:
 
         began = time.perf_counter()
         self.source = build_feature_source(cfg, self.process.rank, self.process.world_size)
+        self.dataset_identity = dataset_identity(self.source)
+        """Kind, count and hash of the data served (saved with every checkpoint; computed once: a folder's
+        hash covers its whole file list)."""
         self.setup_times["data_s"] = time.perf_counter() - began
         began = time.perf_counter()
         # Built where it trains: on a GPU the initialisation runs there, with no host copy of the
@@ -470,7 +469,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "config": self.cfg.to_dict(),
             "model_args": self.model_args,
-            "dataset": dataset_identity(self.source),
+            "dataset": self.dataset_identity,
         }
 
     def save(self, path: Path) -> None:
@@ -494,7 +493,7 @@ class Trainer:
             listed = "; ".join(f"{key}: checkpoint {old!r}, this run {new!r}" for key, (old, new) in refused.items())
             raise CheckpointError(f"resuming {path} with other settings would change the run: {listed}. Give the "
                                   "checkpoint's values (or leave the flags out), or start a new run")
-        check_same_data(path, state.get("dataset"), dataset_identity(self.source))
+        check_same_data(path, state.get("dataset"), self.dataset_identity)
         self.resume_changes = [{"step": int(state["step"]), "field": key, "from": old, "to": new}
                                for key, (old, new) in differing.items() if key not in ("resume", "overwrite")]
         self.model.load_state_dict(state["model"])

@@ -132,3 +132,14 @@ def test_a_results_file_whose_device_slug_is_not_a_plain_name_is_refused(slug: s
     document["device"]["slug"] = slug
     with pytest.raises(ResultsError, match="device/slug"):
         validate_results(document)
+
+
+@pytest.mark.parametrize("row", ["../../escape", "/etc/passwd", "a\x00b", "..", "ckpt:full+precision:bf16"])
+def test_a_row_name_becomes_a_plain_log_file_name(row: str) -> None:
+    """Row names come from matrices (custom ones from the command line) and name each worker's log."""
+    from pathlib import PurePath
+
+    from dit_repro.bench.runner import log_name
+
+    name = log_name(row)
+    assert PurePath(name).name == name and "\x00" not in name and name not in (".", "..")

@@ -61,7 +61,7 @@ def test_batch_not_divisible_by_process_count_is_refused_before_joining(monkeypa
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match="global_batch_size 7 is not divisible by the 2 processes"):
+    with pytest.raises(ConfigError, match="--batch-size 7 .the global batch. is not divisible by the 2 processes"):
         Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, global_batch_size=7, steps=0, device="cpu",
                             switches=Switches(distributed="ddp")))
 

@@ -75,3 +75,12 @@ def test_a_missing_reference_is_refused_before_sampling(toy, tmp_path, capsys) -
     argv[argv.index("--ref") + 1] = str(tmp_path / "VIRTUAL_imagenet256_labeled.npz")
     assert main(argv) == 2
     assert "--ref" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_junk_reference_is_refused_before_any_image_is_sampled(toy, tmp_path, capsys) -> None:
+    junk = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    junk.write_bytes(b"not an npz")
+    argv = protocol_argv(toy, tmp_path / "out")
+    argv[argv.index("--ref") + 1] = str(junk)
+    assert main(argv) == 2
+    assert "not an .npz archive" in capsys.readouterr().err and not (tmp_path / "out").exists()

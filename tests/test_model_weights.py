@@ -106,8 +106,9 @@ def test_samples_record_names_the_layout(files, tmp_path) -> None:
         ("bare", {}, "does not name its model: pass --model"),
         ("bare", {"weights": "raw"}, "--weights raw cannot be honoured"),
         ("bare", {"model": "DiT-S/4"}, "pass the preset with /2"),
-        ("dit", {"model": "DiT-B/2"}, "contradicts checkpoint"),
-        ("own", {"model": "DiT-B/2"}, "contradicts checkpoint"),
+        ("dit", {"model": "DiT-B/2"}, "holds a DiT-S/2 .its args.model., but --model is DiT-B/2; pass --model DiT-S/2"),
+        ("own", {"model": "DiT-B/2"}, "holds a DiT-S/2, but --model is DiT-B/2; pass --model DiT-S/2"),
+        ("bare", {"model": "DiT-B/2"}, "width 384 and depth 12, but --model DiT-B/2 has 768 and 12; pass --model DiT-S/2"),
     ],
 )
 def test_contradictions_are_refused_by_name(files, layout, kwargs, message) -> None:

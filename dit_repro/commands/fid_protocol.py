@@ -15,7 +15,7 @@ from dit_repro.config import ConfigError, Precision
 from dit_repro.fid.evaluate import fid_of_samples
 from dit_repro.fid.extractors import EXTRACTORS, extractor_spec
 from dit_repro.fid.protocols import PROTOCOLS
-from dit_repro.fid.stats import reference_stats
+from dit_repro.fid.stats import MIN_IMAGES, load_stats, reference_stats
 from dit_repro.models import PRESETS
 from dit_repro.models.attention import AttentionBackendUnavailable
 from dit_repro.sampling import SamplingRequest, run_sampling
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ref", required=True,
                         help="reference batch: ADM's VIRTUAL_imagenet256_labeled.npz (mu, sigma) or any --ref of `dit-repro fid`")
     parser.add_argument("--out", required=True, help="folder for the images, the .npz and fid_protocol.json")
-    parser.add_argument("--num-fid-samples", "--num", dest="num", type=at_least(1), default=None,
+    parser.add_argument("--num-fid-samples", "--num", dest="num", type=at_least(MIN_IMAGES), default=None,
                         help="images N; default the protocol's (50,000); fewer gives an FID not comparable with the paper's")
     parser.add_argument("--vae", default=None,
                         help="VAE weights (local folder or file); default the protocol's, from the local Hugging Face cache")
@@ -80,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         rank, world_size = launch_position(args.rank, args.world_size)
         num = args.num or protocol.num_samples
+        # Statistics in --ref (ADM's batch) are read before sampling, so that a wrong or junk file
+        # fails in seconds, not after 50,000 images; a reference of images is featurised at the end.
+        spec = extractor_spec(args.extractor)
+        options = {"device": str(resolve_device(args.device)), "batch_size": args.fid_batch_size,
+                   "inception_weights": args.inception_weights, "allow_download": False}
+        reference = load_stats(args.ref, spec) if Path(args.ref).suffix == ".npz" else None
         started = time.perf_counter()
         report = run_sampling(SamplingRequest(
             checkpoint=args.checkpoint, out_dir=str(out), num=num, seed=args.seed, sampler=protocol.sampler,
@@ -94,10 +100,9 @@ def run(args: argparse.Namespace) -> int:
                   "the set computes FID")
             return 0
         started = time.perf_counter()
-        spec = extractor_spec(args.extractor)
-        options = {"device": str(resolve_device(args.device)), "batch_size": args.fid_batch_size,
-                   "inception_weights": args.inception_weights, "allow_download": False}
-        result = fid_of_samples(report.npz, reference_stats(args.ref, spec, **options), spec, **options)
+        if reference is None:
+            reference = reference_stats(args.ref, spec, **options)
+        result = fid_of_samples(report.npz, reference, spec, **options)
         fid_s = time.perf_counter() - started
     except (ConfigError, CheckpointError, AttentionBackendUnavailable, ValueError, OSError) as exc:
         print(f"dit-repro fid-protocol: error: {exc}", file=sys.stderr)

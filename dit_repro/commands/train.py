@@ -20,7 +20,7 @@ from ..config import (
     TrainConfig,
 )
 from ..data.imagesource import UnreadableImageError
-from ..distributed import accelerate_settings, shutdown
+from ..distributed import accelerate_settings, launched_process, shutdown
 from ..model_weights import DEFAULT_VAE
 from ..models import PRESETS, is_latent_preset
 from ..models.attention import AttentionBackendUnavailable
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         args.precision, args.device = accelerate_settings(args.precision, args.device)
         asked = args.features
         args.features, args.vae = default_features(args)
-        if asked is None and args.features != Features.PIXELS.value:
+        if asked is None and args.features != Features.PIXELS.value and launched_process().rank == 0:
             print(f"dit-repro train: --features {args.features} (the default for {args.model} at {args.image_size} px"
                   f"{' with --cache' if args.cache_dir else ''}; --features pixels trains on the pixels)", file=sys.stderr)
         check_ignored_data_flags(args)

@@ -20,8 +20,10 @@ class DatasetError(ConfigError):
 class UnreadableImageError(ValueError):
     """One image file that cannot be decoded, or whose mode has no defined conversion (see :mod:`dit_repro.data.decode`)."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"cannot read image {path}: {reason}")
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        # One-argument form: a DataLoader worker re-raises exceptions in the main process by building
+        # them from their message alone.
+        super().__init__(f"cannot read image {path}: {reason}" if reason is not None else str(path))
         self.path = str(path)
         """The file that failed."""
         self.reason = reason

@@ -149,7 +149,22 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
             f"{path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
             f"this version reads {FORMAT_NAME!r} version {FORMAT_VERSION}: rebuild the cache with `dit-repro extract`"
         )
+    dataset = manifest.get("dataset")
+    for name, entries in (("skipped", manifest.get("skipped", [])),
+                          ("dataset.unreadable", dataset.get("unreadable", []) if isinstance(dataset, dict) else [])):
+        if not _is_unreadable_list(entries):
+            raise CacheCorruptError(
+                f"{path}: {name} is not a list of {{file, reason}} strings; re-run `dit-repro extract` into a new folder"
+            )
     return manifest
+
+
+def _is_unreadable_list(entries: Any) -> bool:
+    """Whether ``entries`` is a list of ``{"file": str, "reason": str}``, as the scan records unreadable images."""
+    return isinstance(entries, list) and all(
+        isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("reason"), str)
+        for entry in entries
+    )
 
 
 def manifest_header(spec: CacheSpec) -> dict[str, Any]:

@@ -15,7 +15,8 @@ Cost: one extra decode of every image before the first step. A 500x375 JPEG (qua
 ImageNet-sized folder (1.28 M files) takes about 45 minutes on one thread. The scan runs
 ``workers`` threads (PIL releases the GIL while it decodes, Pillow PR #1224) and, under DDP,
 each process scans its share. ``extract`` scans once per cache: a resumed extraction reuses
-the list recorded in the manifest when the folder still lists the same files.
+the list recorded in the manifest when the folder still lists the same files. The ranks of
+``extract --rank/--world-size`` share no process group, so each of them scans the whole folder.
 """
 
 from __future__ import annotations

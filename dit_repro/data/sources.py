@@ -20,7 +20,7 @@ from dit_repro.data.images import AugmentedImageDataset, build_image_source
 from dit_repro.data.imagesource import ImageSource
 from dit_repro.data.latents import LatentCache, LatentDataset
 from dit_repro.data.manifest import read_manifest
-from dit_repro.data.scan import UnreadableImagesError, check_images, describe_unreadable
+from dit_repro.data.scan import SHOWN_IN_ERROR, UnreadableImagesError, check_images, describe_unreadable
 from dit_repro.data.vae import SD_SCALE_FACTOR, VAEHandle, load_vae, scaled_posterior_sample
 
 
@@ -189,7 +189,7 @@ def _apply_cache_record(images: ImageSource, cfg: TrainConfig, main: bool) -> No
     if skipped and cfg.strict_images:
         raise UnreadableImagesError(
             f"--strict: the latent cache {cfg.cache_dir} was extracted without {len(skipped)} unreadable image(s): "
-            f"{describe_unreadable(skipped, 10)}. Repair them and extract a new cache, or leave out --strict",
+            f"{describe_unreadable(skipped, SHOWN_IN_ERROR)}. Repair them and extract a new cache, or leave out --strict",
             skipped,
         )
     check_images(images, known=skipped, announce=main)
