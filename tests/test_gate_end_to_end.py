@@ -29,7 +29,7 @@ def test_bench_record_then_an_injected_bench_then_the_gate_against_this_hardware
     # Pixel-space rows: no VAE and no latent cache to build, so the commands finish quickly.
     rows = "plain@features:pixels;ckpt@ckpt:full+features:pixels;tf32@precision:tf32+features:pixels"
     common = ["bench", "--device", "cpu", "--matrix", f"tiny={rows}",
-              "--batch-size", "2", "--image-size", "16", "--steps", "12", "--block-steps", "2", "--warmup-max", "6"]
+              "--batch-size", "2", "--image-size", "16", "--steps", "8", "--block-steps", "2", "--warmup-max", "4"]
     baselines = tmp_path / "baselines"
     done = _cli(*common, "--out", str(tmp_path / "base" / "results.json"), "--record", str(baselines))
     assert done.returncode == 0, done.stderr[-3000:]
