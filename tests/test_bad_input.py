@@ -118,7 +118,7 @@ CASES = [
     case("fid_protocol", ["fid-protocol", "dit", "--checkpoint", "{in}/junk.pth", "--ref", "{in}/two.npz",
                       "--out", "{out}", "--num-fid-samples", "0"], ["--num-fid-samples"]),
     case("fid_protocol", ["fid-protocol", "uvit", "--checkpoint", "{in}/junk.pth", "--ref", "{in}/two.npz",
-                      "--out", "{out}"], ["uvit"]),
+                      "--out", "{out}"], ["uvit", "--vae", "autoencoder_kl_ema.pth"]),
     # bench
     case("bench", [*BENCH, "--matrix", "../evil=default", "--out", "{out}/results.json"], ["'../evil'"]),
     case("bench", [*BENCH, "--rows", "nope", "--out", "{out}/results.json"], ["--rows", "nope"]),

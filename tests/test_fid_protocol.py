@@ -1,7 +1,8 @@
-"""``dit-repro fid-protocol dit`` end to end at toy scale: a random small DiT, 8 images, proxy features.
+"""``dit-repro fid-protocol dit|uvit`` end to end at toy scale: a random small DiT, 8 images, proxy features.
 
-The protocol's settings (250 DDPM steps, guidance 1.5 on 3 channels) are the real ones; only the
-model, the VAE (tiny-random), N and the feature extractor are toys.
+The protocols' settings (dit: 250 DDPM steps, guidance 1.5 on 3 channels; uvit: DPM-Solver++ with 50
+evaluations, guidance 1.4 on all channels) are the real ones; only the model, the VAE (tiny-random),
+N and the feature extractor are toys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from dit_repro.cli import main
 from dit_repro.commands.fid_protocol import RECORD_NAME
+from dit_repro.diffusion import guided_model_output
 from dit_repro.fid.protocols import PROTOCOLS
 from dit_repro.models import build_model
 from tests.helpers import perturb_
@@ -61,13 +63,45 @@ def test_dit_protocol_samples_packs_scores_and_records(toy, tmp_path, capsys) ->
     assert json.loads((out / RECORD_NAME).read_text())["fid"]["value"] == first
 
 
-def test_uvit_protocol_is_listed_and_refused_with_the_reason(toy, tmp_path, capsys) -> None:
-    argv = protocol_argv(toy, tmp_path / "uvit")
+def uvit_argv(toy, out) -> list[str]:
+    argv = protocol_argv(toy, out)
     argv[1] = "uvit"
-    assert main(argv) == 2
-    assert "DPM-Solver" in capsys.readouterr().err
-    assert not (tmp_path / "uvit").exists()
+    return argv
+
+
+def test_uvit_protocol_samples_with_dpm_solver_and_records(toy, tmp_path, capsys) -> None:
+    out = tmp_path / "uvit"
+    assert main(uvit_argv(toy, out)) == 0
+    assert "published: U-ViT-H/2" in capsys.readouterr().out
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["protocol"] == "uvit"
+    assert record["settings"] == {"sampler": "dpm-solver", "steps": 50, "cfg_scale": 1.4, "cfg_channels": "all"}
+    assert np.isfinite(record["fid"]["value"]) and record["comparable_with_published"] is False
+    samples = json.loads((out / "samples.json").read_text())["settings"]
+    assert (samples["sampler"], samples["steps"], samples["cfg_scale"]) == ("dpm-solver", 50, 1.4)
+    with np.load(out / "samples_8x16x16x3.npz") as archive:
+        assert archive["arr_0"].shape == (8, 16, 16, 3)
+
+
+def test_uvit_guidance_is_u_vits_scale_in_dits_convention() -> None:
+    """U-ViT guides with eps_c + s (eps_c - eps_u), s = 0.4; the protocol's 1.4 is the same in DiT's form."""
+    generator = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 4, 2, 2, generator=generator, dtype=torch.float64)
+    model = lambda x, t, y: torch.where((y == 10)[:, None, None, None], uncond, cond)  # noqa: E731
+    guided = guided_model_output(model, torch.zeros(1, 4, 2, 2, dtype=torch.float64), torch.zeros(1), torch.tensor([3]),
+                                 cfg_scale=PROTOCOLS["uvit"].cfg_scale, cfg_channels="all", null_label=10)
+    # Two groupings of the same sum in float64 (and 1.4 - 1 is 0.4 only to rounding): a few ulps of the inputs.
+    ulps = 16 * torch.finfo(torch.float64).eps * max(cond.abs().max().item(), uncond.abs().max().item())
+    torch.testing.assert_close(guided[0], cond + 0.4 * (cond - uncond), rtol=0, atol=ulps)
     assert PROTOCOLS["uvit"].published.endswith("2.29") and "2.27" in PROTOCOLS["dit"].published
+
+
+def test_uvit_without_its_vae_is_refused_naming_the_file(toy, tmp_path, capsys) -> None:
+    argv = uvit_argv(toy, tmp_path / "uvit")
+    del argv[argv.index("--vae"):argv.index("--vae") + 2]
+    assert main(argv) == 2
+    assert "autoencoder_kl_ema.pth" in capsys.readouterr().err
+    assert not (tmp_path / "uvit").exists()
 
 
 def test_a_missing_reference_is_refused_before_sampling(toy, tmp_path, capsys) -> None:

@@ -91,7 +91,7 @@ def test_bad_rank_or_count_is_refused() -> None:
         rank_indices(0, 0, 1)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver"])
 def test_image_depends_only_on_seed_and_index(sampler: str) -> None:
     """Same image for an index whatever the batch size, batch order or company it is generated in."""
     all_at_once = sample_images(range(6), batch_size=6, sampler=sampler)

@@ -36,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "compute FID against the reference batch given by --ref, and write fid_protocol.json beside "
             "the images (settings, checkpoint SHA-256, FID, elapsed time). dit: 250 DDPM steps, guidance "
             "1.5 on the first 3 latent channels, the sd-vae-ft-ema VAE, 50,000 images, per-image seeds. "
+            "uvit: DPM-Solver++ with 50 model evaluations (order 3, time-uniform), guidance 0.4 in U-ViT's "
+            "convention (1.4 here) on all channels, the VAE file of U-ViT's release given by --vae, 50,000 images. "
             "Resumable and splittable like `dit-repro sample` (torchrun --nproc_per_node=N, or --rank/"
             f"--world-size); the process that completes the set computes FID. Published figures: {lines}."
         ),
     )
-    parser.add_argument("protocol", choices=sorted(PROTOCOLS), help="the protocol: dit (uvit is listed, not runnable)")
+    parser.add_argument("protocol", choices=sorted(PROTOCOLS), help="the protocol: dit or uvit")
     parser.add_argument("--checkpoint", required=True,
                         help="dit-repro, DiT/fast-DiT training, or DiT's released checkpoint (with --model)")
     parser.add_argument("--model", default=None, choices=sorted(PRESETS), metavar="PRESET",
@@ -51,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-fid-samples", "--num", dest="num", type=at_least(MIN_IMAGES), default=None,
                         help="images N; default the protocol's (50,000); fewer gives an FID not comparable with the paper's")
     parser.add_argument("--vae", default=None,
-                        help="VAE weights (local folder or file); default the protocol's, from the local Hugging Face cache")
+                        help="VAE weights (local folder or file); dit: default sd-vae-ft-ema from the local Hugging Face "
+                        "cache; uvit: required, U-ViT's assets/stable-diffusion/autoencoder_kl_ema.pth")
     parser.add_argument("--per-proc-batch-size", "--batch-size", dest="batch_size", type=at_least(1), default=32,
                         help="images per forward in each process; default 32")
     parser.add_argument("--global-seed", "--seed", dest="seed", type=at_least(0), default=0,
@@ -73,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
     """Sample this process's share; the process that completes the set computes FID. 2 on a usage or data error."""
     protocol = PROTOCOLS[args.protocol]
     try:
-        if protocol.unavailable:
-            raise ConfigError(f"protocol {protocol.name} cannot run here: {protocol.unavailable}")
+        vae = args.vae or protocol.vae
+        if vae is None:
+            raise ConfigError(
+                f"protocol {protocol.name} decodes with {protocol.vae_published}: pass that file with --vae PATH"
+            )
         if not Path(args.ref).exists():
             raise ConfigError(f"--ref {args.ref} does not exist; expected {protocol.reference}")
         out = Path(args.out)
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint, out_dir=str(out), num=num, seed=args.seed, sampler=protocol.sampler,
             steps=protocol.steps, cfg_scale=protocol.cfg_scale, cfg_channels=protocol.cfg_channels,
             weights="ema", precision=Precision(args.precision), batch_size=args.batch_size, image_format="npz",
-            device=args.device, vae=args.vae or protocol.vae, model=args.model, rank=rank, world_size=world_size,
+            device=args.device, vae=vae, model=args.model, rank=rank, world_size=world_size,
             progress=not args.no_progress,
         ))
         sampling_s = time.perf_counter() - started
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         "fid": result.to_dict() | {"sampling": None},
         "comparable_with_published": comparable,
         "published": protocol.published,
+        "source": protocol.source,
         "elapsed_s": {"sampling_this_process": round(sampling_s, 3), "fid": round(fid_s, 3)},
         "npz": report.npz,
     }

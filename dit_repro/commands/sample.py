@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "re-running with a larger --num: existing images are kept. Latent models decode with the VAE of "
             "the checkpoint's config; pixel models map [-1, 1] to 0..255. DiT's sample_ddp.py spellings are "
             "accepted too (--num-fid-samples, --per-proc-batch-size, --num-sampling-steps, --global-seed, "
-            "--cfg-scale); `dit-repro fid-protocol dit` runs DiT's whole FID-50K protocol."
+            "--cfg-scale); `dit-repro fid-protocol dit` (or uvit) runs DiT's (U-ViT's) whole FID-50K protocol."
         ),
     )
     parser.add_argument(
@@ -70,7 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", "--global-seed", dest="seed", type=at_least(0), default=0,
                         help="base seed: image i uses seed + i; default 0")
     parser.add_argument(
-        "--sampler", default="ddpm", choices=SAMPLERS, help="ddpm (ancestral) or ddim; default ddpm"
+        "--sampler", default="ddpm", choices=SAMPLERS,
+        help="ddpm (ancestral), ddim, or dpm-solver (DPM-Solver++ as U-ViT samples: order 3, time-uniform, "
+        "deterministic after x_T); default ddpm"
     )
     parser.add_argument(
         "--steps",
@@ -78,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="steps",
         type=at_least(1),
         default=DEFAULT_SAMPLING_STEPS,
-        help=f"sampling steps, respaced from the 1000 training steps; default {DEFAULT_SAMPLING_STEPS} (DiT's FID protocol)",
+        help="sampling steps: for ddpm/ddim respaced from the 1000 training steps, for dpm-solver model "
+        f"evaluations (U-ViT uses 50); default {DEFAULT_SAMPLING_STEPS} (DiT's FID protocol)",
     )
     parser.add_argument(
         "--eta", type=non_negative_number, default=0.0, help="DDIM eta (0 = deterministic); ddim only; default 0"

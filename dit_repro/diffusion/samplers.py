@@ -1,4 +1,4 @@
-"""Ancestral DDPM and DDIM sampling over respaced timesteps, with classifier-free guidance.
+"""Ancestral DDPM and DDIM sampling over respaced timesteps, and DPM-Solver++, with classifier-free guidance.
 
 Reproducibility per image: pass ``generator`` as a list with one ``torch.Generator`` per image. Image
 i then draws its starting noise and every step's noise from ``generator[i]`` alone, so it depends only
@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from dit_repro.config import ConfigError
+from dit_repro.diffusion.dpm_solver import dpm_solver_sample
 from dit_repro.diffusion.gaussian import GaussianDiffusion
 from dit_repro.diffusion.guidance import guided_model_output, validate_guidance
 
-SAMPLERS = ("ddpm", "ddim")
-"""Accepted values of ``sampler``."""
+SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+"""Accepted values of ``sampler``: ancestral DDPM, DDIM, and DPM-Solver++ as U-ViT samples (``steps`` = NFE)."""
 
 DEFAULT_SAMPLING_STEPS = 250
 """DiT samples with 250 of the 1000 training steps."""
@@ -123,8 +125,10 @@ def sample(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draw ``shape[0]`` samples of ``shape`` (B, C, H, W) from ``model`` conditioned on labels ``y``.
 
-    ``diffusion``: the training process; it is respaced to ``steps`` evenly spaced steps (ADM's
-    ``space_timesteps``). ``sampler``: ``ddpm`` (ancestral) or ``ddim`` (``eta`` = 0 deterministic).
+    ``diffusion``: the training process; DDPM and DDIM respace it to ``steps`` evenly spaced steps
+    (ADM's ``space_timesteps``). ``sampler``: ``ddpm`` (ancestral), ``ddim`` (``eta`` = 0
+    deterministic) or ``dpm-solver`` (DPM-Solver++ as U-ViT runs it, ``steps`` model evaluations; see
+    :mod:`dit_repro.diffusion.dpm_solver`; the noise generator draws x_T only).
     ``cfg_scale``: 1.0 = no guidance; ``cfg_channels``: ``all`` or ``first3`` (see guidance module).
     ``null_label``: the unconditional label, by default ``model.num_classes``. ``generator``: one
     generator, one per image (see the module docstring), or None. ``initial_noise``: x_T, whose dtype
@@ -136,8 +140,10 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler == "ddpm" and eta != 0.0:
-        raise ConfigError(f"eta applies to the ddim sampler only; got eta={eta} with sampler='ddpm'")
+    if sampler != "ddim" and eta != 0.0:
+        raise ConfigError(f"eta applies to the ddim sampler only; got eta={eta} with sampler={sampler!r}")
+    if sampler == "dpm-solver" and clip_denoised:
+        raise ConfigError("clip_denoised does not apply to dpm-solver (U-ViT's sampler runs without thresholding)")
     if eta < 0.0:
         raise ConfigError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like); got {eta}")
     if len(shape) < 2:
@@ -153,7 +159,6 @@ def sample(
     if y.shape != (batch,):
         raise ConfigError(f"y must hold one label per image, shape ({batch},); got {tuple(y.shape)}")
 
-    process = diffusion.respaced(steps)
     device = _sampling_device(model, initial_noise)
     float64 = initial_noise is not None and initial_noise.dtype == torch.float64
     noise = _NoiseSource(generator, batch, device, torch.float64 if float64 else torch.float32)
@@ -165,6 +170,41 @@ def sample(
         x = initial_noise.to(device=device, dtype=noise.dtype)
     y = y.to(device)
 
+    def guided(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return guided_model_output(
+            model, x_t, timesteps, y, cfg_scale=cfg_scale, cfg_channels=cfg_channels, null_label=null_label
+        )
+
+    if sampler == "dpm-solver":
+        x = _dpm_solver(diffusion, guided, x, steps, progress)
+    else:
+        x = _ancestral_or_ddim(diffusion, guided, x, noise, sampler, steps, eta, clip_denoised, progress)
+    record = {
+        "sampler": sampler,
+        "steps": steps,
+        "eta": eta if sampler == "ddim" else None,
+        "cfg_scale": cfg_scale,
+        "cfg_channels": cfg_channels,
+        "guided": cfg_scale != 1.0,
+        "clip_denoised": clip_denoised,
+    }
+    return x, record
+
+
+def _ancestral_or_ddim(
+    diffusion: GaussianDiffusion,
+    guided: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    noise: _NoiseSource,
+    sampler: str,
+    steps: int,
+    eta: float,
+    clip_denoised: bool,
+    progress: bool,
+) -> torch.Tensor:
+    """DDPM or DDIM over ``steps`` respaced timesteps, from x_T to x_0."""
+    process = diffusion.respaced(steps)
+    batch, item_shape = x.shape[0], x.shape[1:]
     order = tqdm(
         range(process.num_timesteps - 1, -1, -1),
         total=process.num_timesteps,
@@ -173,32 +213,33 @@ def sample(
     )
     with torch.no_grad():
         for i in order:
-            t = torch.full((batch,), i, device=device, dtype=torch.long)
-            output = guided_model_output(
-                model,
-                x,
-                process.model_timesteps(t),
-                y,
-                cfg_scale=cfg_scale,
-                cfg_channels=cfg_channels,
-                null_label=null_label,
-            )
+            t = torch.full((batch,), i, device=x.device, dtype=torch.long)
+            output = guided(x, process.model_timesteps(t))
             if sampler == "ddpm":
-                step_noise = noise.draw(shape[1:]) if i > 0 else None
+                step_noise = noise.draw(item_shape) if i > 0 else None
                 x = ddpm_step(process, output, x, t, step_noise, clip_denoised=clip_denoised)
             else:
-                step_noise = noise.draw(shape[1:]) if eta > 0.0 and i > 0 else None
+                step_noise = noise.draw(item_shape) if eta > 0.0 and i > 0 else None
                 x = ddim_step(process, output, x, t, eta=eta, noise=step_noise, clip_denoised=clip_denoised)
-    record = {
-        "sampler": sampler,
-        "steps": process.num_timesteps,
-        "eta": eta if sampler == "ddim" else None,
-        "cfg_scale": cfg_scale,
-        "cfg_channels": cfg_channels,
-        "guided": cfg_scale != 1.0,
-        "clip_denoised": clip_denoised,
-    }
-    return x, record
+    return x
+
+
+def _dpm_solver(
+    diffusion: GaussianDiffusion,
+    guided: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    nfe: int,
+    progress: bool,
+) -> torch.Tensor:
+    """DPM-Solver++ (U-ViT's configuration) with ``nfe`` guided evaluations; a learned variance is unused."""
+    if not np.array_equal(diffusion.timestep_map, np.arange(diffusion.num_timesteps)):
+        raise ConfigError("dpm-solver integrates the training process itself: pass the diffusion before respacing")
+
+    def eps_prediction(x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        eps, _ = diffusion.split_output(guided(x_t, timesteps), x_t)
+        return eps
+
+    return dpm_solver_sample(eps_prediction, x, diffusion.alphas_cumprod, nfe, progress=progress)
 
 
 def _sampling_device(model: Callable[..., torch.Tensor], initial_noise: torch.Tensor | None) -> torch.device:
