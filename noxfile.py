@@ -55,18 +55,25 @@ def project_env(session: nox.Session) -> str:
     return PYTHON
 
 
+# One pytest-xdist worker per core, each test file on one worker (its module fixtures are built
+# once, and the files that launch processes on fixed ports or git worktrees never overlap
+# themselves); the test timings are never asserted on, so a parallel run is as valid as a serial
+# one. pytest-benchmark is off: the suite has no benchmark (they live in benchmarks/).
+PARALLEL = ["-n", "auto", "--dist", "loadfile", "-p", "no:benchmark"]
+
+
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """Everything that runs on this machine (gpu-marked tests skip themselves without CUDA)."""
+    """Everything that runs on this machine (gpu-marked tests skip themselves without CUDA), in parallel."""
     python = project_env(session)
-    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), external=True)
+    session.run(python, "-m", "pytest", *PARALLEL, *(session.posargs or ["-q"]), external=True)
 
 
 @nox.session(python=False)
 def equivalence(session: nox.Session) -> None:
     """Only the tests that prove each switch keeps the maths."""
     python = project_env(session)
-    session.run(python, "-m", "pytest", "-m", "equivalence", *(session.posargs or ["-q"]), external=True)
+    session.run(python, "-m", "pytest", *PARALLEL, "-m", "equivalence", *(session.posargs or ["-q"]), external=True)
 
 
 @nox.session(python=False)

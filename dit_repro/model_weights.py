@@ -9,9 +9,13 @@ Three layouts are recognised from the keys of the file:
     Written by DiT's and fast-DiT's ``train.py``: ``{"model", "ema", "opt", "args"}``, where ``args``
     is the ``argparse.Namespace`` of the run (``model``, ``image_size``, ``num_classes``, ``vae``).
 ``bare-state-dict``
-    DiT's released ``DiT-XL-2-256x256.pt`` / ``DiT-XL-2-512x512.pt``: a plain ``{name: tensor}``
-    of EMA weights. The preset must be named (``--model``); the input size, channels, classes and
-    learned variance are read from the tensors' shapes (``pos_embed`` gives the token grid).
+    DiT's released ``DiT-XL-2-256x256.pt`` / ``DiT-XL-2-512x512.pt``, or U-ViT's released
+    ``nnet_ema.pth`` (e.g. ``imagenet256_uvit_huge.pth``): a plain ``{name: tensor}`` of EMA weights.
+    The preset must be named (``--model``); the input size, channels, classes and learned variance
+    are read from the tensors' shapes (``pos_embed`` gives the token grid). DiT's names
+    (``x_embedder``) and U-ViT's (``patch_embed``) tell the two apart. A U-ViT file is read as U-ViT's
+    release: trained on Stable Diffusion's scaled-linear schedule with timesteps numbered 1..N, so it
+    is rebuilt with ``timestep_offset=1`` and samples on that schedule.
 
 Every file is read with ``torch.load(weights_only=True)``: tensors and plain containers only.
 The one object admitted beyond them is ``argparse.Namespace``, which DiT's checkpoints carry and
@@ -41,6 +45,10 @@ DIT_VAE_SPECS = {"ema": PRETRAINED_REPOS[0], "mse": PRETRAINED_REPOS[1]}
 """DiT's ``--vae`` choices and the VAE each names (the local Hugging Face cache entry)."""
 DEFAULT_VAE = PRETRAINED_REPOS[0]
 """VAE of files that do not name one: sd-vae-ft-ema, the VAE of DiT's FID-50K figures."""
+UVIT_EXTRA_TOKENS = 2
+"""Tokens before the patches in U-ViT's sequence: the class token and the time token."""
+UVIT_RELEASE_TIMESTEP_OFFSET = 1
+"""U-ViT's release numbers its training steps 1..N; this project's models see 0..N-1."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class ModelWeights:
     EMA in DiT's release)."""
     step: int | None
     """Training step of the weights, where the file records it."""
+    noise_schedule: str = "linear"
+    """The training noise schedule the sampler must integrate: DiT's ``linear`` (this project's and
+    DiT's files), ``scaled-linear`` for U-ViT's release."""
 
 
 def read_model_weights(
@@ -157,7 +168,19 @@ def _foreign(
             f"for DiT's release (presets: {', '.join(PRESETS)})"
         )
     preset = parse_preset(model)
-    model_args = model_args_from_tensors(tensors, preset.patch_size, path)
+    family = family_of_tensors(tensors, path)
+    if family != preset.family:
+        example = {"dit": "DiT-XL/2", "uvit": "U-ViT-H/2"}[family]
+        raise ConfigError(
+            f"checkpoint {path} holds a {FAMILY_NAMES[family]} ({FAMILY_KEYS[family]} tensors), but --model is "
+            f"{preset.name}; pass a {FAMILY_NAMES[family]} preset, e.g. --model {example}"
+        )
+    if layout != "bare-state-dict" and family == "uvit":
+        raise CheckpointError(f"checkpoint {path} ({layout}) holds U-ViT weights; DiT's training layout holds DiT's")
+    if family == "uvit":
+        model_args = uvit_model_args_from_tensors(tensors, preset.patch_size, path)
+    else:
+        model_args = model_args_from_tensors(tensors, preset.patch_size, path)
     check_preset_size(tensors, preset, path)
     latent = model_args["in_channels"] == LATENT_CHANNELS
     input_size = model_args["input_size"]
@@ -170,18 +193,39 @@ def _foreign(
         switches=Switches(features=Features.LIVE if latent else Features.PIXELS),
     )
     return ModelWeights(
-        state_dict=tensors, config=config, model_args=model_args, layout=layout, weights=weights, step=step
+        state_dict=tensors, config=config, model_args=model_args, layout=layout, weights=weights, step=step,
+        noise_schedule="scaled-linear" if family == "uvit" else "linear",
+    )
+
+
+FAMILY_KEYS = {"dit": "x_embedder.proj.weight", "uvit": "patch_embed.proj.weight"}
+"""A tensor name that only the family's files have: DiT's patch embedding, U-ViT's."""
+FAMILY_NAMES = {"dit": "DiT", "uvit": "U-ViT"}
+"""How errors name the families."""
+
+
+def family_of_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """``dit`` or ``uvit`` from the tensors' names, or an error naming what was expected."""
+    for family, key in FAMILY_KEYS.items():
+        if key in tensors:
+            return family
+    raise CheckpointError(
+        f"checkpoint {path} has neither DiT's {FAMILY_KEYS['dit']} nor U-ViT's {FAMILY_KEYS['uvit']}: "
+        f"it is not a DiT or U-ViT state dict (first keys: {sorted(tensors)[:5]})"
     )
 
 
 def check_preset_size(tensors: dict[str, torch.Tensor], preset: Any, path: Path) -> None:
     """Refuse tensors of another width or depth than ``preset`` (a DiT-XL/2 file read as DiT-L/2), naming both,
     before ``load_state_dict`` would fail on the first mismatched shape."""
-    width = int(tensors["x_embedder.proj.weight"].shape[0])
-    depth = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
+    width = int(tensors[FAMILY_KEYS[preset.family]].shape[0])
+    if preset.family == "dit":
+        depth = len({key.split(".")[1] for key in tensors if key.startswith("blocks.")})
+    else:  # U-ViT's depth counts in- and out-blocks; the mid-block comes on top
+        depth = 2 * len({key.split(".")[1] for key in tensors if key.startswith("in_blocks.")})
     if (width, depth) != (preset.hidden_size, preset.depth):
         fitting = [name for name, p in PRESETS.items()
-                   if (p.family, p.hidden_size, p.depth, p.patch_size) == ("dit", width, depth, preset.patch_size)]
+                   if (p.family, p.hidden_size, p.depth, p.patch_size) == (preset.family, width, depth, preset.patch_size)]
         raise ConfigError(
             f"checkpoint {path} holds a model of width {width} and depth {depth}, but --model {preset.name} has "
             f"{preset.hidden_size} and {preset.depth}; pass --model {fitting[0] if fitting else 'the preset it was trained as'}"
@@ -223,6 +267,47 @@ def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, p
     }
 
 
+def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, path: Path) -> dict[str, Any]:
+    """``build_model`` arguments read off a file of U-ViT's release (U-ViT's own tensor names).
+
+    ``pos_embed`` (1, 2 + T, D) holds the class and time tokens before the T patches; the label
+    table has a row per class plus the null class; ``decoder_pred`` is p*p*C wide (doubled for a
+    learned variance); ``final_layer`` exists when the config says ``conv=True`` and ``time_embed.0``
+    when ``mlp_time_embed=True``. Timesteps are offset by 1 (U-ViT numbers them 1..N).
+    """
+    needed = ("pos_embed", "patch_embed.proj.weight", "label_emb.weight", "decoder_pred.weight")
+    missing = [name for name in needed if name not in tensors]
+    if missing:
+        hint = " (U-ViT's unconditional models have no label_emb; dit-repro's U-ViT is class-conditional)" if (
+            "label_emb.weight" in missing) else ""
+        raise CheckpointError(f"checkpoint {path} lacks the U-ViT tensors {missing}{hint}")
+    tokens = tensors["pos_embed"].shape[1] - UVIT_EXTRA_TOKENS
+    grid = math.isqrt(max(tokens, 0))
+    if tokens < 1 or grid * grid != tokens:
+        raise CheckpointError(f"checkpoint {path}: pos_embed has {tokens} patch tokens after the class and time tokens, "
+                              "not a square grid")
+    proj = tensors["patch_embed.proj.weight"]
+    if proj.shape[-1] != patch_size:
+        raise ConfigError(
+            f"checkpoint {path} has {proj.shape[-1]}x{proj.shape[-1]} patches, but the chosen preset uses "
+            f"{patch_size}x{patch_size}; pass the preset with /{proj.shape[-1]}"
+        )
+    in_channels = int(proj.shape[1])
+    out = int(tensors["decoder_pred.weight"].shape[0])
+    per_patch = patch_size * patch_size * in_channels
+    if out not in (per_patch, 2 * per_patch):
+        raise CheckpointError(f"checkpoint {path}: decoder_pred width {out} fits neither {per_patch} nor {2 * per_patch}")
+    return {
+        "input_size": grid * patch_size,
+        "in_channels": in_channels,
+        "num_classes": int(tensors["label_emb.weight"].shape[0]) - 1,
+        "learn_sigma": out == 2 * per_patch,
+        "conv": "final_layer.weight" in tensors,
+        "mlp_time_embed": "time_embed.0.weight" in tensors,
+        "timestep_offset": UVIT_RELEASE_TIMESTEP_OFFSET,
+    }
+
+
 def _step_from_name(path: Path) -> int | None:
     # DiT names its checkpoints by step: 0050000.pt.
     return int(path.stem) if path.stem.isdigit() else None
@@ -238,6 +323,11 @@ def load_initial_weights(
     a model that is neither. Returns what the run record keeps: path, SHA-256, layout, weights.
     """
     read = read_model_weights(path, model=model_name)
+    if read.noise_schedule != "linear":
+        raise ConfigError(
+            f"--init-from {path} is U-ViT's release, trained on the {read.noise_schedule} noise schedule with "
+            "timesteps 1..N; dit-repro trains on DiT's linear schedule, so training from it would train another process"
+        )
     if read.config.model != model_name or read.model_args != model_args:
         raise ConfigError(
             f"--init-from {path} holds a {read.config.model} with {read.model_args}, but this run builds a "

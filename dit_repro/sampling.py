@@ -216,6 +216,8 @@ class SamplingModel:
     """The network with the chosen weights, in eval mode, on the sampling device."""
     diffusion: GaussianDiffusion
     """The training diffusion (respaced by the sampler)."""
+    noise_schedule: str
+    """Its noise schedule: DiT's ``linear``, or ``scaled-linear`` for U-ViT's release."""
     config: TrainConfig
     """The configuration the checkpoint was trained with."""
     sample_shape: tuple[int, int, int]
@@ -261,7 +263,8 @@ def load_sampling_model(
     decode, decoder = _decoder(config, vae, device)
     return SamplingModel(
         model=model,
-        diffusion=create_diffusion(learn_sigma=model.learn_sigma),
+        diffusion=create_diffusion(learn_sigma=model.learn_sigma, noise_schedule=read.noise_schedule),
+        noise_schedule=read.noise_schedule,
         config=config,
         sample_shape=sample_shape,
         decode=decode,
@@ -460,6 +463,7 @@ def _new_record(request: SamplingRequest, loaded: SamplingModel) -> dict[str, An
             "clip_denoised": _clip_denoised(request, loaded),
             "weights": request.weights,
             "decoder": loaded.decoder,
+            "noise_schedule": loaded.noise_schedule,
             "precision": Precision(request.precision).value,
             "attention": request.attention,
         },

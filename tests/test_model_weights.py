@@ -1,4 +1,4 @@
-"""Checkpoints users have: DiT's release (bare state dict), DiT/fast-DiT training files, and this project's own.
+"""Checkpoints users have: DiT's and U-ViT's releases (bare state dicts), DiT/fast-DiT training files, this project's own.
 
 The three layouts of one set of weights must sample bitwise-equal images: the files differ only
 in how the tensors are packed, and this project's DiT uses DiT's parameter names
@@ -9,6 +9,7 @@ saved by DiT's own code has the keys and shapes of the one saved here.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,62 @@ def test_train_init_from_refuses_another_shape_naming_both(tmp_path) -> None:
         Trainer(TrainConfig(model="DiT-S/2", data="digits", image_size=8, steps=0, device="cpu", init_from=str(path)))
     with pytest.raises(ConfigError, match="give one of them"):
         TrainConfig(init_from=str(path), resume=str(path))
+
+
+# ---------------------------------------------------------------- U-ViT's release
+
+UVIT_RELEASE_ARGS = {"input_size": 2, "in_channels": 4, "num_classes": 10, "learn_sigma": False, "conv": False,
+                     "mlp_time_embed": False}
+"""A U-ViT-S/2 on 2x2 latents built as U-ViT's ImageNet configs build theirs (no final conv, no time MLP)."""
+
+
+@pytest.fixture(scope="module")
+def uvit_release(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    """A file in the layout of U-ViT's nnet_ema.pth (a bare state dict in U-ViT's names), and its model."""
+    model = perturb_(build_model("U-ViT-S/2", **UVIT_RELEASE_ARGS), seed=4).eval()
+    path = tmp_path_factory.mktemp("uvit") / "nnet_ema.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_u_vits_release_is_read_with_its_timesteps_and_schedule(uvit_release) -> None:
+    path, original = uvit_release
+    read = read_model_weights(path, model="U-ViT-S/2")
+    assert read.layout == "bare-state-dict" and read.noise_schedule == "scaled-linear"
+    assert read.model_args == UVIT_RELEASE_ARGS | {"timestep_offset": 1}
+    loaded = build_model("U-ViT-S/2", **read.model_args).eval()
+    loaded.load_state_dict(read.state_dict, strict=True)
+    # It sees U-ViT's numbering: this project's step k is U-ViT's k + 1.
+    x, t, y = torch.randn(2, 4, 2, 2), torch.tensor([0.0, 998.5]), torch.tensor([3, 10])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), original(x, t + 1, y))
+
+
+def test_u_vits_release_samples_on_its_own_schedule(uvit_release, tmp_path) -> None:
+    from dit_repro.diffusion.schedule import beta_schedule
+    from dit_repro.sampling import load_sampling_model
+
+    path, _ = uvit_release
+    loaded = load_sampling_model(path, model_name="U-ViT-S/2", vae="tiny-random")
+    assert loaded.noise_schedule == "scaled-linear" and loaded.model.timestep_offset == 1
+    assert (loaded.diffusion.betas == beta_schedule("scaled-linear")).all()
+    sample(path, tmp_path / "uvit", model="U-ViT-S/2", sampler="dpm-solver", steps=3, cfg_channels="all")
+    record = json.loads((tmp_path / "uvit" / SAMPLES_RECORD).read_text())
+    assert record["settings"]["noise_schedule"] == "scaled-linear" and record["settings"]["sampler"] == "dpm-solver"
+
+
+def test_a_u_vit_file_with_a_dit_preset_is_refused_naming_the_family(uvit_release, files) -> None:
+    with pytest.raises(ConfigError, match="holds a U-ViT .patch_embed.proj.weight tensors., but --model is DiT-S/2"):
+        read_model_weights(uvit_release[0], model="DiT-S/2")
+    with pytest.raises(ConfigError, match="holds a DiT .x_embedder.proj.weight tensors., but --model is U-ViT-S/2"):
+        read_model_weights(files["bare"], model="U-ViT-S/2")
+    with pytest.raises(ConfigError, match="width 512 and depth 12, but --model U-ViT-M/2 has 768 and 16"):
+        read_model_weights(uvit_release[0], model="U-ViT-M/2")
+
+
+def test_training_from_u_vits_release_is_refused_with_the_reason(uvit_release) -> None:
+    from dit_repro.model_weights import load_initial_weights
+
+    path, model = uvit_release
+    with pytest.raises(ConfigError, match="scaled-linear noise schedule with timesteps 1..N"):
+        load_initial_weights(model, path, "U-ViT-S/2", UVIT_RELEASE_ARGS)

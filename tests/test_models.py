@@ -73,6 +73,53 @@ def test_dit_state_dict_names_and_shapes_match_release() -> None:
     assert not meta_model("DiT-XL/2").pos_embed.requires_grad
 
 
+def test_uvit_state_dict_names_and_shapes_match_u_vits_release() -> None:
+    """U-ViT-H/2 as U-ViT's configs/imagenet256_uvit_huge.py builds it (conv=False, no time MLP, 1001 labels):
+    every tensor name of its libs/uvit.py, and no other, with the release's shapes."""
+    model = meta_model("U-ViT-H/2", conv=False, mlp_time_embed=False, timestep_offset=1)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+             "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    expected_names = {"patch_embed.proj.weight", "patch_embed.proj.bias", "label_emb.weight", "pos_embed",
+                      "norm.weight", "norm.bias", "decoder_pred.weight", "decoder_pred.bias"}
+    expected_names |= {f"mid_block.{name}" for name in block}
+    for i in range(14):
+        expected_names |= {f"in_blocks.{i}.{name}" for name in block}
+        expected_names |= {f"out_blocks.{i}.{name}" for name in [*block, "skip_linear.weight", "skip_linear.bias"]}
+    assert set(shapes) == expected_names
+    expected_shapes = {
+        "patch_embed.proj.weight": (1152, 4, 2, 2),
+        "label_emb.weight": (1001, 1152),
+        "pos_embed": (1, 2 + 256, 1152),
+        "in_blocks.13.attn.qkv.weight": (3456, 1152),
+        "out_blocks.0.skip_linear.weight": (1152, 2304),
+        "mid_block.mlp.fc1.weight": (4608, 1152),
+        "decoder_pred.weight": (16, 1152),
+    }
+    for key, shape in expected_shapes.items():
+        assert shapes[key] == shape, key
+    # conv=True adds U-ViT's final 3x3 convolution; mlp_time_embed its time MLP.
+    conv = meta_model("U-ViT-S/2", conv=True, mlp_time_embed=True).state_dict()
+    assert tuple(conv["final_layer.weight"].shape) == (4, 4, 3, 3) and "time_embed.0.weight" in conv
+
+
+def test_a_timestep_offset_shifts_the_timesteps_the_model_sees() -> None:
+    kwargs = {"input_size": 4, "in_channels": 4, "num_classes": 10}
+    plain = perturb_(build_model("U-ViT-S/2", **kwargs), seed=1).eval()
+    shifted = build_model("U-ViT-S/2", timestep_offset=1, **kwargs).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([0.0, 979.02]), torch.tensor([1, 10])
+    with torch.no_grad():
+        assert torch.equal(shifted(x, t, y), plain(x, t + 1, y))
+
+
+def test_uvit_options_are_refused_for_dit_and_unknown_ones_for_both() -> None:
+    with pytest.raises(ValueError, match="conv, mlp_time_embed, timestep_offset"):
+        build_model("DiT-S/2", input_size=4, in_channels=4, num_classes=10, conv=False)
+    with pytest.raises(ValueError, match="not accepted"):
+        build_model("U-ViT-S/2", input_size=4, in_channels=4, num_classes=10, qk_scale=2.0)
+
+
 @pytest.mark.equivalence
 @pytest.mark.parametrize("name", ["DiT-S/2", "U-ViT-S/2"])
 def test_state_dict_round_trips(name: str, tmp_path) -> None:

@@ -1,7 +1,8 @@
 """Noise schedules and timestep respacing, in float64 (cast to the working dtype only when indexed).
 
 The linear schedule is Ho et al.'s, scaled as in ADM/DiT so that it stays similar for any number of
-steps; the cosine schedule is Nichol & Dhariwal's. Respacing keeps a subset of the training timesteps
+steps; the cosine schedule is Nichol & Dhariwal's; the scaled-linear schedule is Stable Diffusion's
+(linear in sqrt(beta)), on which U-ViT trains its ImageNet latent models. Respacing keeps a subset of the training timesteps
 and recomputes the betas from ``alphas_cumprod`` (ADM's ``space_timesteps`` / ``SpacedDiffusion``), so
 the marginals q(x_t | x_0) of the kept steps are unchanged.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from dit_repro.config import ConfigError
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled-linear")
 """Names accepted by :func:`beta_schedule`."""
 
 LINEAR_BETA_START = 1e-4
@@ -24,6 +25,10 @@ LINEAR_BETA_END = 0.02
 """Last beta of the linear schedule at 1000 steps (Ho et al.)."""
 COSINE_OFFSET = 0.008
 """Small offset s of the cosine schedule, which keeps beta_0 from being vanishingly small."""
+SCALED_LINEAR_BETA_START = 0.00085
+"""First beta of Stable Diffusion's scaled-linear schedule (U-ViT's ``stable_diffusion_beta_schedule``)."""
+SCALED_LINEAR_BETA_END = 0.012
+"""Last beta of Stable Diffusion's scaled-linear schedule."""
 MAX_BETA = 0.999
 """Cap on the cosine schedule's betas: beta = 1 at the last step would make alpha_bar exactly 0."""
 
@@ -33,7 +38,8 @@ def beta_schedule(name: str, num_timesteps: int = 1000) -> np.ndarray:
 
     ``linear``: ``linspace(1e-4 * s, 0.02 * s, T)`` with ``s = 1000 / T`` (ADM/DiT).
     ``cosine``: betas that discretize ``alpha_bar(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2``,
-    capped at 0.999 (Nichol & Dhariwal).
+    capped at 0.999 (Nichol & Dhariwal). ``scaled-linear``: ``linspace(sqrt(0.00085), sqrt(0.012), T) ** 2``
+    (Stable Diffusion; the same end points for any T, as U-ViT and diffusers write it).
     """
     if num_timesteps < 1:
         raise ConfigError(f"num_timesteps must be >= 1, got {num_timesteps}")
@@ -42,6 +48,10 @@ def beta_schedule(name: str, num_timesteps: int = 1000) -> np.ndarray:
         return np.linspace(
             scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, num_timesteps, dtype=np.float64
         )
+    if name == "scaled-linear":
+        return np.linspace(
+            SCALED_LINEAR_BETA_START**0.5, SCALED_LINEAR_BETA_END**0.5, num_timesteps, dtype=np.float64
+        ) ** 2
     if name == "cosine":
         steps = np.arange(num_timesteps, dtype=np.float64)
         start, end = steps / num_timesteps, (steps + 1) / num_timesteps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -60,6 +61,10 @@ def parse_preset(name: str) -> Preset:
         raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
 
 
+UVIT_OPTIONS = ("conv", "mlp_time_embed", "timestep_offset")
+"""Constructor options of U-ViT that a file of U-ViT's release fixes (see :func:`build_model`)."""
+
+
 def build_model(
     name: str,
     *,
@@ -69,10 +74,13 @@ def build_model(
     learn_sigma: bool | None = None,
     attention: str = AUTO,
     class_dropout_prob: float = 0.1,
+    **uvit_options: Any,
 ) -> nn.Module:
     """Build a preset for a square input of ``input_size`` (latent cells, or pixels in pixel space).
 
     ``learn_sigma`` None keeps each family's published choice: DiT learns the variance, U-ViT not.
+    ``uvit_options`` (U-ViT presets only): ``conv`` (the final 3x3 convolution), ``mlp_time_embed``
+    and ``timestep_offset``, which describe a file of U-ViT's release (see :mod:`dit_repro.models.uvit`).
     """
     preset = parse_preset(name)
     if input_size % preset.patch_size:
@@ -92,6 +100,11 @@ def build_model(
         attention=attention,
         preset_name=name,
     )
+    unknown = set(uvit_options) - set(UVIT_OPTIONS)
+    if unknown or (uvit_options and preset.family != "uvit"):
+        raise ValueError(
+            f"{name}: options {sorted(uvit_options)} are not accepted; U-ViT presets take {', '.join(UVIT_OPTIONS)}"
+        )
     if preset.family == "dit":
         return DiT(hidden_size=preset.hidden_size, learn_sigma=True if learn_sigma is None else learn_sigma, **common)
-    return UViT(embed_dim=preset.hidden_size, learn_sigma=bool(learn_sigma), **common)
+    return UViT(embed_dim=preset.hidden_size, learn_sigma=bool(learn_sigma), **common, **uvit_options)

@@ -4,6 +4,11 @@ Time and class enter as tokens; long skip connections concatenate an in-block's 
 matching out-block's input and project back to the width; the position embedding is learned and
 qkv has no bias. Optionally (``learn_sigma``) the output doubles its channels so the model can be
 trained with DiT's learned-variance loss; the published U-ViT does not.
+
+Parameter names are U-ViT's own (``libs/uvit.py``), so its released weights load as they are.
+U-ViT numbers its training steps 1..N where this project (like DiT) numbers them 0..N-1: a model
+built with ``timestep_offset=1`` adds 1 to the timesteps it is given, so that U-ViT's weights see
+the numbers they were trained on.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class UViT(CheckpointedBlocks, nn.Module):
         conv: bool = True,
         attention: str = AUTO,
         preset_name: str = "U-ViT",
+        timestep_offset: int = 0,
     ) -> None:
         super().__init__()
         if depth % 2:
@@ -66,6 +72,7 @@ class UViT(CheckpointedBlocks, nn.Module):
         self.num_classes = num_classes
         self.num_heads = num_heads
         self.class_dropout_prob = class_dropout_prob
+        self.timestep_offset = timestep_offset
 
         self.patch_embed = PatchEmbed(input_size, patch_size, in_channels, embed_dim, bias=True)
         self.time_embed = (
@@ -129,6 +136,8 @@ class UViT(CheckpointedBlocks, nn.Module):
             y = torch.where(force_drop_ids.bool(), self.num_classes, y)
         elif self.training and self.class_dropout_prob > 0:
             y = torch.where(torch.rand(y.shape[0], device=y.device) < self.class_dropout_prob, self.num_classes, y)
+        if self.timestep_offset:
+            t = t + self.timestep_offset
         x = self.patch_embed(x)  # (B, N, D)
         time_token = self.time_embed(timestep_embedding(t, x.shape[-1])).unsqueeze(1)  # (B, 1, D)
         label_token = self.label_emb(y).unsqueeze(1)  # (B, 1, D)
