@@ -13,9 +13,11 @@ Three layouts are recognised from the keys of the file:
     ``nnet_ema.pth`` (e.g. ``imagenet256_uvit_huge.pth``): a plain ``{name: tensor}`` of EMA weights.
     The preset must be named (``--model``); the input size, channels, classes and learned variance
     are read from the tensors' shapes (``pos_embed`` gives the token grid). DiT's names
-    (``x_embedder``) and U-ViT's (``patch_embed``) tell the two apart. A U-ViT file is read as U-ViT's
-    release: trained on Stable Diffusion's scaled-linear schedule with timesteps numbered 1..N, so it
-    is rebuilt with ``timestep_offset=1`` and samples on that schedule.
+    (``x_embedder``) and U-ViT's (``patch_embed``) tell the two apart. A U-ViT file is read as one of
+    U-ViT's discrete-time releases: trained on Stable Diffusion's scaled-linear schedule with timesteps
+    numbered 1..N, so it is rebuilt with ``timestep_offset=1`` and samples on that schedule; its VAE
+    must be named (U-ViT's own file). U-ViT's continuous-time releases (with the final convolution)
+    are refused.
 
 Every file is read with ``torch.load(weights_only=True)``: tensors and plain containers only.
 The one object admitted beyond them is ``argparse.Namespace``, which DiT's checkpoints carry and
@@ -47,6 +49,8 @@ DEFAULT_VAE = PRETRAINED_REPOS[0]
 """VAE of files that do not name one: sd-vae-ft-ema, the VAE of DiT's FID-50K figures."""
 UVIT_EXTRA_TOKENS = 2
 """Tokens before the patches in U-ViT's sequence: the class token and the time token."""
+UVIT_RELEASE_VAE = "autoencoder_kl_ema.pth"
+"""The VAE file U-ViT's ImageNet configs decode with (in U-ViT's assets/stable-diffusion/)."""
 UVIT_RELEASE_TIMESTEP_OFFSET = 1
 """U-ViT's release numbers its training steps 1..N; this project's models see 0..N-1."""
 
@@ -74,13 +78,20 @@ class ModelWeights:
 
 
 def read_model_weights(
-    path: str | os.PathLike[str], *, weights: str = "ema", model: str | None = None, vae: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    weights: str = "ema",
+    model: str | None = None,
+    vae: str | None = None,
+    for_training: bool = False,
 ) -> ModelWeights:
     """Read ``path`` in any of :data:`LAYOUTS` and take its ``weights`` (EMA by default, where present).
 
     ``model`` names the preset of a bare state dict (required there; checked against the file's args
     otherwise). ``vae`` is the VAE the reconstructed configuration of a foreign latent model decodes
-    with; by default DiT's args' choice, else :data:`DEFAULT_VAE`.
+    with; by default DiT's args' choice, else :data:`DEFAULT_VAE`. ``for_training``: the weights are
+    to be trained on (``--init-from``), so a file of another training process (U-ViT's release) is
+    refused.
     """
     path = Path(path)
     state = _load(path)
@@ -108,9 +119,9 @@ def read_model_weights(
         if model is not None and named is not None and model != named:
             raise ConfigError(f"checkpoint {path} holds a {named} (its args.model), but --model is {model}; pass --model {named}")
         model = model or named
-        vae = vae or DIT_VAE_SPECS.get(str(args.get("vae")), DEFAULT_VAE)
         chosen = state["ema" if weights == "ema" else "model"]
-        read = _foreign(chosen, path, layout, weights, model, vae, step=_step_from_name(path))
+        read = _foreign(chosen, path, layout, weights, model, vae, step=_step_from_name(path),
+                        dit_vae=DIT_VAE_SPECS.get(str(args.get("vae")), DEFAULT_VAE), for_training=for_training)
         for name, from_tensors in (("image_size", read.config.image_size), ("num_classes", read.config.num_classes)):
             if args.get(name) is not None and int(args[name]) != from_tensors:
                 raise CheckpointError(
@@ -122,7 +133,7 @@ def read_model_weights(
             f"checkpoint {path} is a bare state dict: it holds one set of weights (EMA in DiT's release), "
             "so --weights raw cannot be honoured; drop --weights"
         )
-    return _foreign(state, path, layout, weights, model, vae or DEFAULT_VAE, step=None)
+    return _foreign(state, path, layout, weights, model, vae, step=None, for_training=for_training)
 
 
 def checkpoint_layout(state: Any, path: Path) -> str:
@@ -159,9 +170,16 @@ def _foreign(
     layout: str,
     weights: str,
     model: str | None,
-    vae: str,
+    vae_given: str | None,
     step: int | None,
+    dit_vae: str = DEFAULT_VAE,
+    for_training: bool = False,
 ) -> ModelWeights:
+    """Weights of a file without this project's configuration: DiT's or U-ViT's, rebuilt from the tensors.
+
+    ``vae_given`` is the VAE the user named; a DiT file falls back to ``dit_vae`` (its args' choice
+    or :data:`DEFAULT_VAE`), a U-ViT release to none (its VAE must be named).
+    """
     if model is None:
         raise ConfigError(
             f"checkpoint {path} ({layout}) does not name its model: pass --model, e.g. --model DiT-XL/2 "
@@ -177,10 +195,23 @@ def _foreign(
         )
     if layout != "bare-state-dict" and family == "uvit":
         raise CheckpointError(f"checkpoint {path} ({layout}) holds U-ViT weights; DiT's training layout holds DiT's")
+    if family == "uvit" and for_training:
+        raise ConfigError(
+            f"--init-from {path} is U-ViT's release, trained on the scaled-linear noise schedule with timesteps "
+            "1..N; dit-repro trains on DiT's linear schedule, so training from it would train another process"
+        )
     if family == "uvit":
         model_args = uvit_model_args_from_tensors(tensors, preset.patch_size, path)
+        # No default VAE: U-ViT's release decodes with its own file.
+        if vae_given is None and model_args["in_channels"] == LATENT_CHANNELS:
+            raise ConfigError(
+                f"checkpoint {path} is U-ViT's release, a latent model: name the VAE it decodes with, --vae "
+                f"{UVIT_RELEASE_VAE} (U-ViT's assets/stable-diffusion folder)"
+            )
+        vae = vae_given
     else:
         model_args = model_args_from_tensors(tensors, preset.patch_size, path)
+        vae = vae_given or dit_vae
     check_preset_size(tensors, preset, path)
     latent = model_args["in_channels"] == LATENT_CHANNELS
     input_size = model_args["input_size"]
@@ -270,11 +301,20 @@ def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, p
 def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, path: Path) -> dict[str, Any]:
     """``build_model`` arguments read off a file of U-ViT's release (U-ViT's own tensor names).
 
-    ``pos_embed`` (1, 2 + T, D) holds the class and time tokens before the T patches; the label
-    table has a row per class plus the null class; ``decoder_pred`` is p*p*C wide (doubled for a
-    learned variance); ``final_layer`` exists when the config says ``conv=True`` and ``time_embed.0``
-    when ``mlp_time_embed=True``. Timesteps are offset by 1 (U-ViT numbers them 1..N).
+    Only the discrete-time releases (``train_ldm_discrete.py``: ImageNet 256 H/2, ImageNet 512 H/4,
+    both ``conv=False``) are accepted; a file with ``final_layer`` (``conv=True``) is one of the
+    continuous-time ones and is refused. ``pos_embed`` (1, 2 + T, D) holds the class and time tokens
+    before the T patches; the label table has a row per class plus the null class; ``decoder_pred``
+    is p*p*C wide (doubled for a learned variance); ``time_embed.0`` exists when
+    ``mlp_time_embed=True``. Timesteps are offset by 1 (U-ViT numbers them 1..N).
     """
+    if "final_layer.weight" in tensors:
+        raise CheckpointError(
+            f"checkpoint {path} is a U-ViT with the final 3x3 convolution (conv=True): in U-ViT's release those are "
+            "the continuous-time models (train_ldm.py, train.py: a VP-SDE with beta 0.1..20, sampled by eval_ldm.py), "
+            "whose process dit-repro does not sample. The discrete-time releases (imagenet256_uvit_huge.pth, "
+            "imagenet512_uvit_huge.pth; conv=False) are read"
+        )
     needed = ("pos_embed", "patch_embed.proj.weight", "label_emb.weight", "decoder_pred.weight")
     missing = [name for name in needed if name not in tensors]
     if missing:
@@ -302,7 +342,7 @@ def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: i
         "in_channels": in_channels,
         "num_classes": int(tensors["label_emb.weight"].shape[0]) - 1,
         "learn_sigma": out == 2 * per_patch,
-        "conv": "final_layer.weight" in tensors,
+        "conv": False,
         "mlp_time_embed": "time_embed.0.weight" in tensors,
         "timestep_offset": UVIT_RELEASE_TIMESTEP_OFFSET,
     }
@@ -322,12 +362,7 @@ def load_initial_weights(
     head as the run builds; a difference is refused naming both, since a partial load would train
     a model that is neither. Returns what the run record keeps: path, SHA-256, layout, weights.
     """
-    read = read_model_weights(path, model=model_name)
-    if read.noise_schedule != "linear":
-        raise ConfigError(
-            f"--init-from {path} is U-ViT's release, trained on the {read.noise_schedule} noise schedule with "
-            "timesteps 1..N; dit-repro trains on DiT's linear schedule, so training from it would train another process"
-        )
+    read = read_model_weights(path, model=model_name, for_training=True)
     if read.config.model != model_name or read.model_args != model_args:
         raise ConfigError(
             f"--init-from {path} holds a {read.config.model} with {read.model_args}, but this run builds a "

@@ -34,7 +34,14 @@ requires_cuda = pytest.mark.skipif(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test marked ``gpu`` is skipped, with the reason, when no CUDA device is visible."""
+    """Files holding a ``slow`` test run first; every ``gpu`` test is skipped, with the reason, without CUDA.
+
+    The order matters under pytest-xdist (``--dist loadfile`` hands out files in this order): the
+    long files start at once on the workers and the short ones fill in after, instead of one long
+    file starting last while the other workers sit idle.
+    """
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within each group kept
     if torch.cuda.is_available():
         return
     for item in items:

@@ -48,7 +48,8 @@ def test_dit_protocol_samples_packs_scores_and_records(toy, tmp_path, capsys) ->
     printed = capsys.readouterr().out
     assert "proxy-FID" in printed and "not comparable with the published figure" in printed
     record = json.loads((out / RECORD_NAME).read_text())
-    assert record["settings"] == {"sampler": "ddpm", "steps": 250, "cfg_scale": 1.5, "cfg_channels": "first3"}
+    assert record["settings"] == {"sampler": "ddpm", "steps": 250, "cfg_scale": 1.5, "cfg_channels": "first3",
+                                  "precision": "tf32"}
     assert record["num_samples"] == 8 and record["comparable_with_published"] is False
     assert record["checkpoint"]["layout"] == "bare-state-dict" and len(record["checkpoint"]["sha256"]) == 64
     assert np.isfinite(record["fid"]["value"]) and record["fid"]["num_samples"] == 8
@@ -75,10 +76,11 @@ def test_uvit_protocol_samples_with_dpm_solver_and_records(toy, tmp_path, capsys
     assert "published: U-ViT-H/2" in capsys.readouterr().out
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["protocol"] == "uvit"
-    assert record["settings"] == {"sampler": "dpm-solver", "steps": 50, "cfg_scale": 1.4, "cfg_channels": "all"}
+    assert record["settings"] == {"sampler": "dpm-solver", "steps": 50, "cfg_scale": 1.4, "cfg_channels": "all",
+                                  "precision": "fp16"}
     assert np.isfinite(record["fid"]["value"]) and record["comparable_with_published"] is False
     samples = json.loads((out / "samples.json").read_text())["settings"]
-    assert (samples["sampler"], samples["steps"], samples["cfg_scale"]) == ("dpm-solver", 50, 1.4)
+    assert (samples["sampler"], samples["steps"], samples["cfg_scale"], samples["precision"]) == ("dpm-solver", 50, 1.4, "fp16")
     with np.load(out / "samples_8x16x16x3.npz") as archive:
         assert archive["arr_0"].shape == (8, 16, 16, 3)
 

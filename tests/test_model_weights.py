@@ -187,7 +187,7 @@ def uvit_release(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 
 def test_u_vits_release_is_read_with_its_timesteps_and_schedule(uvit_release) -> None:
     path, original = uvit_release
-    read = read_model_weights(path, model="U-ViT-S/2")
+    read = read_model_weights(path, model="U-ViT-S/2", vae="tiny-random")
     assert read.layout == "bare-state-dict" and read.noise_schedule == "scaled-linear"
     assert read.model_args == UVIT_RELEASE_ARGS | {"timestep_offset": 1}
     loaded = build_model("U-ViT-S/2", **read.model_args).eval()
@@ -217,7 +217,21 @@ def test_a_u_vit_file_with_a_dit_preset_is_refused_naming_the_family(uvit_releas
     with pytest.raises(ConfigError, match="holds a DiT .x_embedder.proj.weight tensors., but --model is U-ViT-S/2"):
         read_model_weights(files["bare"], model="U-ViT-S/2")
     with pytest.raises(ConfigError, match="width 512 and depth 12, but --model U-ViT-M/2 has 768 and 16"):
-        read_model_weights(uvit_release[0], model="U-ViT-M/2")
+        read_model_weights(uvit_release[0], model="U-ViT-M/2", vae="tiny-random")
+
+
+def test_u_vits_release_needs_its_vae_named(uvit_release) -> None:
+    with pytest.raises(ConfigError, match="name the VAE it decodes with, --vae autoencoder_kl_ema.pth"):
+        read_model_weights(uvit_release[0], model="U-ViT-S/2")
+
+
+def test_u_vits_continuous_time_releases_are_refused(tmp_path) -> None:
+    """U-ViT's files with the final convolution (conv=True) come from its continuous-time training (a VP-SDE),
+    which is not the process this project samples: refused, not sampled on the wrong schedule."""
+    path = tmp_path / "imagenet256_uvit_large.pth"
+    torch.save(build_model("U-ViT-S/2", **(UVIT_RELEASE_ARGS | {"conv": True})).state_dict(), path)
+    with pytest.raises(CheckpointError, match="continuous-time models"):
+        read_model_weights(path, model="U-ViT-S/2", vae="tiny-random")
 
 
 def test_training_from_u_vits_release_is_refused_with_the_reason(uvit_release) -> None:

@@ -114,9 +114,9 @@ def test_a_timestep_offset_shifts_the_timesteps_the_model_sees() -> None:
 
 
 def test_uvit_options_are_refused_for_dit_and_unknown_ones_for_both() -> None:
-    with pytest.raises(ValueError, match="conv, mlp_time_embed, timestep_offset"):
+    with pytest.raises(ValueError, match="are U-ViT's; DiT presets take none of them"):
         build_model("DiT-S/2", input_size=4, in_channels=4, num_classes=10, conv=False)
-    with pytest.raises(ValueError, match="not accepted"):
+    with pytest.raises(ValueError, match="not accepted; U-ViT presets take conv, mlp_time_embed, timestep_offset"):
         build_model("U-ViT-S/2", input_size=4, in_channels=4, num_classes=10, qk_scale=2.0)
 
 

@@ -18,6 +18,39 @@ from dit_repro.data.vae import (
 )
 from tests.data_support import tiny_vae
 
+_LDM_NAMES = [
+    # (diffusers pattern, original Stable Diffusion / LDM replacement); applied in order.
+    (r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
+    (r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+    (r"^(encoder|decoder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm."),
+    (r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_([qkv])\.", r"\1.mid.attn_1.\2."),
+    (r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0\.", r"\1.mid.attn_1.proj_out."),
+    (r"^encoder\.down_blocks\.(\d)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+    (r"^encoder\.down_blocks\.(\d)\.resnets\.", r"encoder.down.\1.block."),
+    # The decoder's up blocks are numbered from the lowest resolution in diffusers, the highest in LDM.
+    (r"^decoder\.up_blocks\.(\d)\.upsamplers\.0\.", lambda m: f"decoder.up.{3 - int(m[1])}.upsample."),
+    (r"^decoder\.up_blocks\.(\d)\.resnets\.", lambda m: f"decoder.up.{3 - int(m[1])}.block."),
+    (r"\.conv_shortcut\.", ".nin_shortcut."),
+]
+
+
+def ldm_state_dict(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The SD VAE's state dict in the original LDM names and shapes (what U-ViT's autoencoder_kl_ema.pth holds).
+
+    Written independently of diffusers' converter, which goes the other way; the attention
+    projections are 1x1 convolutions in LDM, linears in diffusers.
+    """
+    import re
+
+    converted = {}
+    for name, tensor in diffusers_state.items():
+        for pattern, replacement in _LDM_NAMES:
+            name = re.sub(pattern, replacement, name)
+        if ".mid.attn_1." in name and name.endswith("weight") and tensor.dim() == 2:
+            tensor = tensor[:, :, None, None]
+        converted[name] = tensor
+    return converted
+
 
 def test_tiny_random_vae_is_seeded_labelled_and_has_sd_latent_geometry():
     first, second = load_vae(TINY_RANDOM), load_vae(TINY_RANDOM)
@@ -83,6 +116,19 @@ def test_a_file_that_is_not_a_vae_is_refused_clearly(tmp_path):
     (tmp_path / "weights.txt").write_text("x")
     with pytest.raises(VAEUnavailableError, match="not a VAE weights file"):
         load_vae(str(tmp_path / "weights.txt"))
+
+
+def test_a_bare_state_dict_in_the_original_ldm_names_loads_as_u_vits_vae_file(tmp_path):
+    """U-ViT decodes with assets/stable-diffusion/autoencoder_kl_ema.pth, a torch.save of the SD VAE's
+    weights under the original LDM names: `--vae that.pth` must load the same weights."""
+    full = load_vae(FULL_SIZE_RANDOM)
+    state = ldm_state_dict(full.model.state_dict())
+    assert "encoder.down.0.block.0.conv1.weight" in state and "decoder.up.3.upsample.conv.weight" in state
+    assert tuple(state["encoder.mid.attn_1.q.weight"].shape) == (512, 512, 1, 1)
+    path = tmp_path / "autoencoder_kl_ema.pth"
+    torch.save(state, path)
+    loaded = load_vae(str(path))
+    assert loaded.fingerprint["weights_sha256"] == full.fingerprint["weights_sha256"]
 
 
 def test_single_safetensors_file_of_the_full_sd_architecture_loads_offline(tmp_path):

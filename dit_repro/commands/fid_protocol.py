@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="images per forward in each process; default 32")
     parser.add_argument("--global-seed", "--seed", dest="seed", type=at_least(0), default=0,
                         help="base seed: image i uses seed + i; default 0")
-    parser.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
-                        help="precision of the model's forwards; default fp32")
+    parser.add_argument("--precision", default=None, choices=[p.value for p in Precision],
+                        help="precision of the model's forwards; default the protocol's (dit: tf32, as sample_ddp.py; "
+                        "uvit: fp16, as U-ViT's accelerate launch)")
     parser.add_argument("--extractor", default="inception", choices=list(EXTRACTORS),
                         help="inception (real FID; default) or proxy (CPU tests only, not comparable)")
     parser.add_argument("--inception-weights", default=None, help="path of the InceptionV3 FID weights file")
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if not Path(args.ref).exists():
             raise ConfigError(f"--ref {args.ref} does not exist; expected {protocol.reference}")
+        precision = args.precision or protocol.precision
         out = Path(args.out)
         rank, world_size = launch_position(args.rank, args.world_size)
         num = args.num or protocol.num_samples
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_sampling(SamplingRequest(
             checkpoint=args.checkpoint, out_dir=str(out), num=num, seed=args.seed, sampler=protocol.sampler,
             steps=protocol.steps, cfg_scale=protocol.cfg_scale, cfg_channels=protocol.cfg_channels,
-            weights="ema", precision=Precision(args.precision), batch_size=args.batch_size, image_format="npz",
+            weights="ema", precision=Precision(precision), batch_size=args.batch_size, image_format="npz",
             device=args.device, vae=vae, model=args.model, rank=rank, world_size=world_size,
             progress=not args.no_progress,
         ))
@@ -116,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     comparable = result.metric == "FID" and num == protocol.num_samples
     record = {
         "protocol": protocol.name,
-        "settings": {key: getattr(protocol, key) for key in ("sampler", "steps", "cfg_scale", "cfg_channels")},
+        "settings": {key: getattr(protocol, key) for key in ("sampler", "steps", "cfg_scale", "cfg_channels")}
+        | {"precision": precision},
         "num_samples": num,
         "seed": args.seed,
         "checkpoint": report.record["checkpoint"],

@@ -32,6 +32,8 @@ class FIDProtocol:
     """Classifier-free guidance scale in DiT's convention (eps_u + s (eps_c - eps_u); 1.0 = none)."""
     cfg_channels: str
     """``first3`` (DiT's sampler guides the first 3 of 4 latent channels) or ``all``."""
+    precision: str
+    """Precision of the published runs' forwards, the default of ``--precision``."""
     vae: str | None
     """Default VAE: a Hugging Face repo id (resolved in the local cache only), or None when the
     published VAE has no repo id and must be given by path (``--vae``)."""
@@ -54,6 +56,8 @@ PROTOCOLS: dict[str, FIDProtocol] = {
         steps=250,
         cfg_scale=1.5,
         cfg_channels="first3",
+        # sample_ddp.py --tf32 defaults to on: fp32 weights, TF32 matmuls.
+        precision="tf32",
         vae=PRETRAINED_REPOS[0],
         vae_published=f"{PRETRAINED_REPOS[0]} (Hugging Face), as DiT's sample_ddp.py --vae ema",
         num_samples=50_000,
@@ -68,6 +72,8 @@ PROTOCOLS: dict[str, FIDProtocol] = {
         # U-ViT writes guidance as (1 + s) eps_c - s eps_u with s = 0.4: 1.4 in DiT's convention.
         cfg_scale=1.4,
         cfg_channels="all",
+        # U-ViT's README launches eval_ldm_discrete.py with accelerate --mixed_precision fp16.
+        precision="fp16",
         vae=None,
         vae_published=(
             "assets/stable-diffusion/autoencoder_kl_ema.pth of U-ViT's release (Stable Diffusion's KL-f8 "

@@ -100,11 +100,11 @@ def build_model(
         attention=attention,
         preset_name=name,
     )
-    unknown = set(uvit_options) - set(UVIT_OPTIONS)
-    if unknown or (uvit_options and preset.family != "uvit"):
-        raise ValueError(
-            f"{name}: options {sorted(uvit_options)} are not accepted; U-ViT presets take {', '.join(UVIT_OPTIONS)}"
-        )
+    if uvit_options and preset.family != "uvit":
+        raise ValueError(f"{name}: options {sorted(uvit_options)} are U-ViT's; DiT presets take none of them")
+    unknown = sorted(set(uvit_options) - set(UVIT_OPTIONS))
+    if unknown:
+        raise ValueError(f"{name}: options {unknown} are not accepted; U-ViT presets take {', '.join(UVIT_OPTIONS)}")
     if preset.family == "dit":
         return DiT(hidden_size=preset.hidden_size, learn_sigma=True if learn_sigma is None else learn_sigma, **common)
     return UViT(embed_dim=preset.hidden_size, learn_sigma=bool(learn_sigma), **common, **uvit_options)
