@@ -247,3 +247,34 @@ def test_a_respaced_process_is_refused() -> None:
 def test_a_schedule_that_is_not_a_diffusion_is_refused(alphas_cumprod: np.ndarray, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ContinuousTimeVP.from_alphas_cumprod(alphas_cumprod)
+
+
+# ---------------------------------------------------------------- on a GPU (CPU twin: every test above)
+
+
+@pytest.mark.gpu
+def test_a_guided_dpm_solver_run_on_cuda_is_as_close_to_float64_as_the_cpu_run() -> None:
+    """U-ViT's protocol on a random DiT-S/2, float32 with TF32 off, on CUDA and on the CPU, each against a
+    float64 CPU run: the CUDA error may be at most 2x the CPU's plus a few float32 ulps of the output
+    (the project's tolerance method for a changed kernel), and the same x_T reaches both devices."""
+    from dit_repro.models import build_model
+    from dit_repro.precision import tf32_allowed
+    from tests.helpers import perturb_
+
+    model = perturb_(build_model("DiT-S/2", input_size=4, in_channels=4, num_classes=10), seed=0).eval()
+    x_T = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 3, 7, 9])
+
+    def run(device: str, dtype: torch.dtype) -> torch.Tensor:
+        net = model.to(device=device, dtype=dtype)
+        out, _ = sample(create_diffusion(), net, x_T.shape, y, sampler="dpm-solver", steps=10, cfg_scale=1.4,
+                        initial_noise=x_T.to(device=device, dtype=dtype))
+        return out.to("cpu", torch.float64)
+
+    with tf32_allowed(False):
+        reference = run("cpu", torch.float64)
+        cpu_error = (run("cpu", torch.float32) - reference).abs().max().item()
+        cuda_error = (run("cuda", torch.float32) - reference).abs().max().item()
+    ulps = 16 * torch.finfo(torch.float32).eps * reference.abs().max().item()
+    print(f"max |x - float64|: cpu {cpu_error:.2e}, cuda {cuda_error:.2e}")
+    assert cuda_error <= 2 * cpu_error + ulps
