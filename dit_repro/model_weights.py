@@ -313,7 +313,8 @@ def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: i
             f"checkpoint {path} is a U-ViT with the final 3x3 convolution (conv=True): in U-ViT's release those are "
             "the continuous-time models (train_ldm.py, train.py: a VP-SDE with beta 0.1..20, sampled by eval_ldm.py), "
             "whose process dit-repro does not sample. The discrete-time releases (imagenet256_uvit_huge.pth, "
-            "imagenet512_uvit_huge.pth; conv=False) are read"
+            "imagenet512_uvit_huge.pth; conv=False) are read. (For a U-ViT trained here, pass the checkpoint "
+            "`dit-repro train` wrote, not a bare state dict: bare U-ViT weights are read as U-ViT's release)"
         )
     needed = ("pos_embed", "patch_embed.proj.weight", "label_emb.weight", "decoder_pred.weight")
     missing = [name for name in needed if name not in tensors]
