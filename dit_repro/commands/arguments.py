@@ -80,3 +80,16 @@ class RefusedFlag(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         """Stop parsing with the replacement named."""
         parser.error(f"{option_string} is no longer accepted; write {self.new_spelling}")
+
+
+def add_sampling_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--rank``, ``--world-size`` and ``--no-progress``: where and as which process a
+    sampling command runs (``sample`` and ``fid-protocol``; torchrun's RANK/WORLD_SIZE fill the gaps)."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda:$LOCAL_RANK if available, else cpu), cpu, cuda[:N]"
+    )
+    parser.add_argument("--rank", type=at_least(0), default=None, help="this process's rank; default $RANK or 0")
+    parser.add_argument(
+        "--world-size", type=at_least(1), default=None, help="number of processes; default $WORLD_SIZE or 1"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dit_repro.atomic import write_json_atomic
 from dit_repro.checkpoint import CheckpointError
-from dit_repro.commands.arguments import at_least
+from dit_repro.commands.arguments import add_sampling_process_arguments, at_least
 from dit_repro.commands.sample import launch_position
 from dit_repro.config import ConfigError, Precision
 from dit_repro.fid.evaluate import fid_of_samples
@@ -66,10 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="inception (real FID; default) or proxy (CPU tests only, not comparable)")
     parser.add_argument("--inception-weights", default=None, help="path of the InceptionV3 FID weights file")
     parser.add_argument("--fid-batch-size", type=at_least(1), default=64, help="images per Inception batch; default 64")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--rank", type=at_least(0), default=None, help="this process's rank; default $RANK or 0")
-    parser.add_argument("--world-size", type=at_least(1), default=None, help="processes; default $WORLD_SIZE or 1")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_process_arguments(parser)
     parser.set_defaults(func=run)
 
 

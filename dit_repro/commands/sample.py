@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dit_repro.checkpoint import CheckpointError
-from dit_repro.commands.arguments import at_least, non_negative_number
+from dit_repro.commands.arguments import add_sampling_process_arguments, at_least, non_negative_number
 from dit_repro.config import ATTENTION_CHOICES, ConfigError, Precision
 from dit_repro.diffusion import CFG_CHANNELS, DEFAULT_SAMPLING_STEPS, SAMPLERS
 from dit_repro.models import PRESETS
@@ -126,14 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", default="png", choices=FORMATS, help="png, or npz (PNGs plus the ADM .npz)"
     )
     parser.add_argument("--vae", default=None, help="VAE to decode latents with; default the checkpoint's")
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda:$LOCAL_RANK if available, else cpu), cpu, cuda[:N]"
-    )
-    parser.add_argument("--rank", type=int, default=None, help="this process's rank; default $RANK or 0")
-    parser.add_argument(
-        "--world-size", type=int, default=None, help="number of processes; default $WORLD_SIZE or 1"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_process_arguments(parser)
     parser.set_defaults(func=run)
 
 
