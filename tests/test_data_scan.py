@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dit_repro import atomic
 from dit_repro.checkpoint import CheckpointError
 from dit_repro.cli import main
 from dit_repro.commands import extract as extract_command
@@ -181,8 +182,8 @@ def test_extract_refuses_an_unwritable_out(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(extraction.tempfile, "NamedTemporaryFile", refuse)
-    with pytest.raises(CacheError, match=r"--out .*new: cannot write in .* \(Permission denied\)"):
+    monkeypatch.setattr(atomic.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(CacheError, match=r"--out .*new: cannot write there \(Permission denied\)"):
         extraction.check_cache_folder(tmp_path / "new")
     assert not (tmp_path / "new").exists()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dit_repro.atomic import TMP_PREFIX, atomic_write, write_json_atomic
+from dit_repro.atomic import TMP_PREFIX, atomic_write, writable_target, write_json_atomic
+from dit_repro.config import ConfigError
 from dit_repro.data.imagesource import ImageSource, UnreadableImageError
 from dit_repro.data.manifest import (
     MANIFEST_NAME,
@@ -206,10 +206,10 @@ def check_cache_folder(out: str | Path, expected: dict[str, Any] | None = None) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CacheError(f"--out {out} is a file, not a folder; name a new or empty folder, or a cache to resume")
-    nearest = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
-    if not nearest.is_dir():
-        raise CacheError(f"--out {out}: {nearest} is a file, not a folder; name a folder you can write to")
-    _check_writable(out, nearest)
+    try:
+        writable_target(out, "--out", folder=True)
+    except ConfigError as exc:
+        raise CacheError(str(exc)) from None
     if not out.is_dir():
         return None
     if (out / MANIFEST_NAME).exists():
@@ -230,18 +230,6 @@ def check_cache_folder(out: str | Path, expected: dict[str, Any] | None = None) 
             f"{MANIFEST_NAME}, so it is not a cache to resume; extract into an empty or new folder"
         )
     return None
-
-
-def _check_writable(out: Path, nearest: Path) -> None:
-    """Prove with a temporary file (removed at once) that ``nearest`` accepts new entries; os.access
-    says yes to root even on a read-only file system."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=nearest, prefix=f"{TMP_PREFIX}write-check-"):
-            pass
-    except OSError as exc:
-        raise CacheError(
-            f"--out {out}: cannot write in {nearest} ({exc.strerror or exc}); name a folder you can write to"
-        ) from None
 
 
 def _open_for_writing(out: Path, spec: CacheSpec) -> None:
