@@ -275,27 +275,8 @@ def model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, p
     missing = [name for name in needed if name not in tensors]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the DiT tensors {missing}; is it a DiT state dict?")
-    tokens = tensors["pos_embed"].shape[1]
-    grid = math.isqrt(tokens)
-    if grid * grid != tokens:
-        raise CheckpointError(f"checkpoint {path}: pos_embed has {tokens} tokens, not a square grid")
-    proj = tensors["x_embedder.proj.weight"]
-    if proj.shape[-1] != patch_size:
-        raise ConfigError(
-            f"checkpoint {path} has {proj.shape[-1]}x{proj.shape[-1]} patches, but the chosen preset uses "
-            f"{patch_size}x{patch_size}; pass the preset with /{proj.shape[-1]}"
-        )
-    in_channels = int(proj.shape[1])
-    out = int(tensors["final_layer.linear.weight"].shape[0])
-    per_patch = patch_size * patch_size * in_channels
-    if out not in (per_patch, 2 * per_patch):
-        raise CheckpointError(f"checkpoint {path}: final layer width {out} fits neither {per_patch} nor {2 * per_patch}")
-    return {
-        "input_size": grid * patch_size,
-        "in_channels": in_channels,
-        "num_classes": int(tensors["y_embedder.embedding_table.weight"].shape[0]) - 1,
-        "learn_sigma": out == 2 * per_patch,
-    }
+    return _common_model_args(tensors, path, patch_size, extra_tokens=0, patch_key="x_embedder.proj.weight",
+                              head_key="final_layer.linear.weight", label_key="y_embedder.embedding_table.weight")
 
 
 def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: int, path: Path) -> dict[str, Any]:
@@ -322,30 +303,47 @@ def uvit_model_args_from_tensors(tensors: dict[str, torch.Tensor], patch_size: i
         hint = " (U-ViT's unconditional models have no label_emb; dit-repro's U-ViT is class-conditional)" if (
             "label_emb.weight" in missing) else ""
         raise CheckpointError(f"checkpoint {path} lacks the U-ViT tensors {missing}{hint}")
-    tokens = tensors["pos_embed"].shape[1] - UVIT_EXTRA_TOKENS
+    common = _common_model_args(tensors, path, patch_size, extra_tokens=UVIT_EXTRA_TOKENS,
+                                patch_key="patch_embed.proj.weight", head_key="decoder_pred.weight",
+                                label_key="label_emb.weight")
+    return common | {
+        "conv": False,
+        "mlp_time_embed": "time_embed.0.weight" in tensors,
+        "timestep_offset": UVIT_RELEASE_TIMESTEP_OFFSET,
+    }
+
+
+def _common_model_args(
+    tensors: dict[str, torch.Tensor], path: Path, patch_size: int, *, extra_tokens: int, patch_key: str,
+    head_key: str, label_key: str,
+) -> dict[str, Any]:
+    """Input size, channels, classes and learned variance from the tensors both families have under their names.
+
+    ``pos_embed`` (1, extra + T, D): T patch tokens on a square grid; the patch embedding (D, C, p, p):
+    the channels and the patch; the output head p*p*C wide, doubled for a learned variance; the
+    label table one row per class plus the null class.
+    """
+    tokens = tensors["pos_embed"].shape[1] - extra_tokens
     grid = math.isqrt(max(tokens, 0))
     if tokens < 1 or grid * grid != tokens:
-        raise CheckpointError(f"checkpoint {path}: pos_embed has {tokens} patch tokens after the class and time tokens, "
-                              "not a square grid")
-    proj = tensors["patch_embed.proj.weight"]
+        after = f" after the {extra_tokens} class and time tokens" if extra_tokens else ""
+        raise CheckpointError(f"checkpoint {path}: pos_embed has {tokens} patch tokens{after}, not a square grid")
+    proj = tensors[patch_key]
     if proj.shape[-1] != patch_size:
         raise ConfigError(
             f"checkpoint {path} has {proj.shape[-1]}x{proj.shape[-1]} patches, but the chosen preset uses "
             f"{patch_size}x{patch_size}; pass the preset with /{proj.shape[-1]}"
         )
     in_channels = int(proj.shape[1])
-    out = int(tensors["decoder_pred.weight"].shape[0])
+    out = int(tensors[head_key].shape[0])
     per_patch = patch_size * patch_size * in_channels
     if out not in (per_patch, 2 * per_patch):
-        raise CheckpointError(f"checkpoint {path}: decoder_pred width {out} fits neither {per_patch} nor {2 * per_patch}")
+        raise CheckpointError(f"checkpoint {path}: {head_key} width {out} fits neither {per_patch} nor {2 * per_patch}")
     return {
         "input_size": grid * patch_size,
         "in_channels": in_channels,
-        "num_classes": int(tensors["label_emb.weight"].shape[0]) - 1,
+        "num_classes": int(tensors[label_key].shape[0]) - 1,
         "learn_sigma": out == 2 * per_patch,
-        "conv": False,
-        "mlp_time_embed": "time_embed.0.weight" in tensors,
-        "timestep_offset": UVIT_RELEASE_TIMESTEP_OFFSET,
     }
 
 
