@@ -49,6 +49,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(requires_cuda)
 
 
+@pytest.fixture(autouse=True)
+def tf32_flags_restored():
+    """Each test leaves the process's TF32 flags as it found them (through the legacy setters, which
+    also settle a state a test mixed on purpose): under pytest-xdist a worker runs many files in one
+    process, and a test that reads the flags must not see what an earlier file left."""
+    from dit_repro.precision import restore_tf32_state, tf32_state
+
+    saved = tf32_state()
+    yield
+    restore_tf32_state(saved)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run on one thread: on a shared CPU, synchronising two threads per op costs more than

@@ -120,6 +120,10 @@ def test_the_preflight_reports_a_mixed_api_state_instead_of_raising(monkeypatch:
     def mixed(precision) -> None:  # what writing the new API alone does (see the test above)
         torch.backends.cuda.matmul.fp32_precision = "tf32"
 
+    # The mix exists only against legacy flags that say off: with TF32 left on by whatever ran
+    # before in this process, "tf32" through the new API would agree with them and nothing mixes.
+    set_matmul_precision("fp32")
+    assert read_legacy_flags() == (False, False)
     monkeypatch.setattr(precision_module, "set_matmul_precision", mixed)
     lines = tf32_preflight("cpu")
     set_matmul_precision("fp32")
