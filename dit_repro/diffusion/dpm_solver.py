@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -64,8 +65,12 @@ class ContinuousTimeVP:
         # A float64 rounding of the end points must not be read as leaving the grid.
         if not first - 1e-12 <= t <= last + 1e-12:
             raise ConfigError(f"continuous time {t} is outside [1/N, 1] = [{first}, 1]")
-        grid = np.arange(1, self.num_timesteps + 1, dtype=np.float64) / self.num_timesteps
-        return float(np.interp(t, grid, self.log_alpha))
+        return float(np.interp(t, self._grid, self.log_alpha))
+
+    @cached_property
+    def _grid(self) -> np.ndarray:
+        # The training steps' times (k + 1) / N, built once: every coefficient of every step reads it.
+        return np.arange(1, self.num_timesteps + 1, dtype=np.float64) / self.num_timesteps
 
     def alpha(self, t: float) -> float:
         """alpha_t = sqrt(alpha_bar)."""
